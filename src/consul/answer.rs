@@ -1,0 +1,1 @@
+//! answer table (to be written).

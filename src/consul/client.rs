@@ -1,0 +1,1 @@
+//! HTTP client for the Consul agent (to be written).

@@ -1,0 +1,1 @@
+//! name grammar (to be written).

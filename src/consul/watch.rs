@@ -1,0 +1,1 @@
+//! The catalog feed (to be written).

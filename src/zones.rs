@@ -1,0 +1,1 @@
+//! zones (to be written).
