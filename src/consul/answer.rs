@@ -710,11 +710,7 @@ impl InstanceEncoder<'_> {
 
     fn push_srv(&self, arena: &mut Vec<u8>) {
         let e = self.entry;
-        let weight = match (e.service.weights, e.health()) {
-            (None, _) => 1,
-            (Some(w), Health::Passing) => w.passing,
-            (Some(w), _) => w.warning,
-        };
+        let weight = srv_weight(e);
         arena.extend_from_slice(&wire::OWNER_QNAME);
         let at = wire::push_rr_header(arena, rtype::SRV, self.ttl);
         arena.extend_from_slice(&1u16.to_be_bytes()); // Consul: priority is always 1
@@ -803,6 +799,31 @@ impl NodeAnswers {
     }
 }
 
+/// The SRV target Consul would give `entry` under `domain` (lowercase dotted, no final dot):
+/// the same name the SRV answer carries, for the SRV data document.
+pub fn srv_target(entry: &HealthEntry, domain: &str, datacenter: &str) -> String {
+    let enc = InstanceEncoder {
+        entry,
+        ttl: 0,
+        domain,
+        datacenter,
+        node_meta_txt: false,
+    };
+    let mut target = enc.srv_target().0;
+    target.push('.');
+    target
+}
+
+/// The SRV weight Consul advertises for `entry`: `Weights.Passing` or `Weights.Warning` by its
+/// check state, 1 when the registration has no weights (§2.4).
+pub fn srv_weight(entry: &HealthEntry) -> u16 {
+    match (entry.service.weights, entry.health()) {
+        (None, _) => 1,
+        (Some(w), Health::Passing) => w.passing,
+        (Some(w), _) => w.warning,
+    }
+}
+
 /// Node meta as TXT: a key starting with `rfc1035-` gives the bare value; any other pair is
 /// RFC 1464 `key=value` with backquotes doubled, `=` in the key escaped with a backquote, and
 /// a leading or trailing space of the key escaped (`reference/consul-dns.md` §2.5, case 65).
@@ -850,4 +871,4 @@ fn span(start: usize, end: usize) -> Span {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,1 +1,4 @@
-//! HTTP client for the Consul agent (to be written).
+//! HTTP client (placeholder until the client lands).
+#[derive(Debug, thiserror::Error)]
+#[error("consul")]
+pub struct ConsulError;

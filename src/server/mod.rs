@@ -1,1 +1,152 @@
-//! server (to be written).
+//! The DNS server: listeners ([`udp`], [`tcp`]) and the [`Dispatcher`] they share.
+//!
+//! The dispatcher reads the query ([`crate::wire`]), routes its name ([`crate::router`]) and
+//! either answers at once from data (the `.consul` table or a static zone: synchronous, no
+//! allocation) or tells the listener to forward, which is the only path that awaits. It is
+//! also the one place where a packet that is not a clean query becomes FORMERR, NOTIMP or
+//! nothing (STYLE.md: client errors map to rcodes in one place).
+
+pub mod tcp;
+pub mod udp;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use hickory_proto::op::Message;
+
+use crate::consul::answer::AnswerTable;
+use crate::forward::Forwarder;
+use crate::metrics::{DnsMetrics, Zone};
+use crate::router::{Route, Router};
+use crate::wire::{self, ParseError, Proto, Query, rcode};
+use crate::zones::Zones;
+
+/// What the dispatcher did with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// The response is in the output buffer.
+    Answered,
+    /// The name belongs to the forwarder: call [`Dispatcher::forward`].
+    Forward,
+    /// Not a query (too short, or a response): send nothing.
+    Drop,
+}
+
+/// The local data a request may be answered from, swapped whole on a new catalog or reload.
+pub struct Local {
+    pub router: Router,
+    pub zones: Zones,
+}
+
+/// Everything a listener needs to answer.
+pub struct Dispatcher {
+    table: Arc<ArcSwap<AnswerTable>>,
+    local: Arc<ArcSwap<Local>>,
+    forwarder: Arc<Forwarder>,
+    metrics: DnsMetrics,
+}
+
+// === impl Dispatcher ===
+
+impl Dispatcher {
+    pub fn new(
+        table: Arc<ArcSwap<AnswerTable>>,
+        local: Arc<ArcSwap<Local>>,
+        forwarder: Arc<Forwarder>,
+    ) -> Dispatcher {
+        Dispatcher {
+            table,
+            local,
+            forwarder,
+            metrics: DnsMetrics::new(),
+        }
+    }
+
+    pub fn metrics(&self) -> &DnsMetrics {
+        &self.metrics
+    }
+
+    /// Answer `packet` from local data into `out`, or say it must be forwarded or dropped.
+    /// Never awaits and, for a `.consul` or zone answer, never allocates (`out` is reused).
+    pub fn answer_local(&self, packet: &[u8], proto: Proto, out: &mut Vec<u8>) -> Handled {
+        let start = Instant::now();
+        let query = match Query::parse(packet) {
+            Ok(q) => q,
+            Err(ParseError::Drop) => return Handled::Drop,
+            Err(ParseError::Unusual) => return self.answer_unusual(packet, proto, out),
+            Err(e) => {
+                let code = match e {
+                    ParseError::NotImp => rcode::NOTIMP,
+                    _ => rcode::FORMERR,
+                };
+                if !wire::header_only_response(out, packet, code) {
+                    return Handled::Drop;
+                }
+                self.metrics
+                    .record(proto, Zone::Invalid, code, start.elapsed());
+                return Handled::Answered;
+            }
+        };
+        let mut buf = [0u8; 256];
+        let Some(name) = wire::dotted_lower(query.qname, &mut buf) else {
+            return Handled::Forward;
+        };
+        let local = self.local.load();
+        let (route, rel) = local.router.route(name);
+        let (zone, outcome) = match route {
+            Route::Forward => return Handled::Forward,
+            Route::Consul { domain } => {
+                let table = self.table.load();
+                (Zone::Consul, table.answer(&query, rel, domain, proto, out))
+            }
+            Route::Zone { zone } => (Zone::Static, local.zones.answer(zone, &query, out)),
+        };
+        self.metrics
+            .record(proto, zone, outcome.rcode, start.elapsed());
+        Handled::Answered
+    }
+
+    /// Forward `packet` (already checked by [`Dispatcher::answer_local`]) and return the reply.
+    pub async fn forward(&self, packet: &[u8], proto: Proto) -> Vec<u8> {
+        let start = Instant::now();
+        let reply = self.forwarder.resolve(packet, proto).await;
+        let code = reply.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0F);
+        self.metrics
+            .record(proto, Zone::Forward, code, start.elapsed());
+        reply
+    }
+
+    /// A valid message the fast reader does not take (several questions, extra records, a
+    /// compressed question name): rebuilt as a plain query and answered the usual way. More
+    /// or fewer than one question is FORMERR, as in Consul (miekg's accept function).
+    fn answer_unusual(&self, packet: &[u8], proto: Proto, out: &mut Vec<u8>) -> Handled {
+        let Ok(message) = Message::from_vec(packet) else {
+            return self.format_error(packet, proto, out);
+        };
+        if message.queries.len() != 1 || !message.answers.is_empty() {
+            return self.format_error(packet, proto, out);
+        }
+        let mut clean = Message::query();
+        clean.metadata = message.metadata.clone();
+        clean.add_query(message.queries[0].clone());
+        clean.edns = message.edns.clone();
+        let Ok(bytes) = clean.to_vec() else {
+            return self.format_error(packet, proto, out);
+        };
+        match Query::parse(&bytes) {
+            Ok(_) => self.answer_local(&bytes, proto, out),
+            Err(_) => self.format_error(packet, proto, out),
+        }
+    }
+
+    fn format_error(&self, packet: &[u8], proto: Proto, out: &mut Vec<u8>) -> Handled {
+        if wire::header_only_response(out, packet, rcode::FORMERR) {
+            self.metrics
+                .record(proto, Zone::Invalid, rcode::FORMERR, Default::default());
+            Handled::Answered
+        } else {
+            Handled::Drop
+        }
+    }
+}
