@@ -4,6 +4,12 @@
 //! file with `deny_unknown_fields` on every table, then validation turns strings into typed
 //! values (`Duration`, `SocketAddr`, `Name`) and runs whole-config checks. Every error names the
 //! file, the key and the line ([`ConfigError`]); `main.rs` exits 78 on one.
+//!
+//! - `raw.rs`: the file as written (`RawConfig`), its `default_*` values, and phase one (TOML →
+//!   `RawConfig`, with `serde_path_to_error` for the dotted key and toml's span for the line).
+//! - `validate.rs`: phase two (`RawConfig` → [`Config`]), flags applied first, lines of keys
+//!   found with `toml_edit` spans.
+//! - `config/signpost.toml` at the repository root lists every key with its default and why.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -88,6 +94,7 @@ pub struct DnsConfig {
     pub node_ttl: u32,
     pub service_ttl: ServiceTtl,
     pub only_passing: bool,
+    /// At most 8: like Consul, larger values count as 8 (`reference/consul-dns.md` §4).
     pub udp_answer_limit: usize,
     pub a_record_limit: usize,
     pub enable_truncate: bool,

@@ -1233,3 +1233,40 @@ fn demo_catalog_parses() {
         }
     }
 }
+
+/// Tests that every shipped zone file parses as RFC 1035 master-file text and that
+/// `example.org` has the record types the demo and the zone tests use.
+#[test]
+fn shipped_zones_parse() {
+    use hickory_proto::rr::RecordType;
+    use hickory_proto::serialize::txt::Parser;
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("zones");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "zone") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (origin, records) = Parser::new(text, Some(path.clone()), None)
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if origin == name("example.org.") {
+            let types: Vec<RecordType> = records.keys().map(|k| k.record_type).collect();
+            for t in [
+                RecordType::SOA,
+                RecordType::NS,
+                RecordType::A,
+                RecordType::AAAA,
+                RecordType::CNAME,
+                RecordType::MX,
+                RecordType::TXT,
+            ] {
+                assert!(types.contains(&t), "example.org has no {t}");
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen >= 1, "no zone files in {}", dir.display());
+}
