@@ -4,6 +4,12 @@
 //! file with `deny_unknown_fields` on every table, then validation turns strings into typed
 //! values (`Duration`, `SocketAddr`, `Name`) and runs whole-config checks. Every error names the
 //! file, the key and the line ([`ConfigError`]); `main.rs` exits 78 on one.
+//!
+//! - `raw.rs`: the file as written (`RawConfig`), its `default_*` values, and phase one (TOML →
+//!   `RawConfig`, with `serde_path_to_error` for the dotted key and toml's span for the line).
+//! - `validate.rs`: phase two (`RawConfig` → [`Config`]), flags applied first, lines of keys
+//!   found with `toml_edit` spans.
+//! - `config/signpost.toml` at the repository root lists every key with its default and why.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +17,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hickory_proto::rr::Name;
+
+mod raw;
+mod validate;
+
+use validate::Source;
 
 /// Where the configuration is read from when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/signpost/signpost.toml";
@@ -83,6 +94,7 @@ pub struct DnsConfig {
     pub node_ttl: u32,
     pub service_ttl: ServiceTtl,
     pub only_passing: bool,
+    /// At most 8: like Consul, larger values count as 8 (`reference/consul-dns.md` §4).
     pub udp_answer_limit: usize,
     pub a_record_limit: usize,
     pub enable_truncate: bool,
@@ -207,21 +219,51 @@ pub struct ConfigError {
     pub message: String,
 }
 
+// === impl Config ===
+
 impl Config {
     /// Read the configuration: `path`, else [`DEFAULT_CONFIG_PATH`] if it exists, else built-in
     /// defaults; then apply `overrides` and validate everything.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let _ = (path, overrides);
-        todo!("config loading")
+        let path = match path {
+            Some(path) => path,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => Path::new(DEFAULT_CONFIG_PATH),
+            None => return Config::from_source("", None, overrides),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: "--config".to_owned(),
+            line: None,
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Config::from_source(&text, Some(path), overrides)
     }
 
     /// Parse and validate `text` as if read from `path` (relative paths resolve against its
     /// directory).
+    ///
+    /// `Config::parse("", Path::new("signpost.toml"), &Overrides::default())` gives the
+    /// built-in defaults.
     pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let _ = (text, path, overrides);
-        todo!("config parsing")
+        Config::from_source(text, Some(path), overrides)
+    }
+
+    fn from_source(
+        text: &str,
+        path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut src = match path {
+            Some(path) => Source::file(path, text),
+            None => Source::defaults(),
+        };
+        let mut raw = raw::parse(text, &src)?;
+        validate::apply_overrides(&mut raw, &mut src, overrides);
+        validate::validate(raw, &src, path.map(Path::to_path_buf))
     }
 }
+
+// === impl ServiceTtl ===
 
 impl ServiceTtl {
     /// The TTL for `service` (lowercase): exact key, else the longest matching `prefix*`, else
@@ -232,12 +274,16 @@ impl ServiceTtl {
         }
         let mut best: Option<(usize, u32)> = None;
         for (key, ttl) in &self.entries {
-            if let Some(prefix) = key.strip_suffix('*') {
-                if service.starts_with(prefix) && best.is_none_or(|(len, _)| prefix.len() > len) {
-                    best = Some((prefix.len(), *ttl));
-                }
+            if let Some(prefix) = key.strip_suffix('*')
+                && service.starts_with(prefix)
+                && best.is_none_or(|(len, _)| prefix.len() > len)
+            {
+                best = Some((prefix.len(), *ttl));
             }
         }
         best.map(|(_, ttl)| ttl).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests;
