@@ -1,1 +1,290 @@
-//! app (to be written).
+//! Wiring: build every part from a [`Config`], bind the listeners, run, shut down.
+//!
+//! ```text
+//! consul::watch ──Arc<Catalog>──► table task ──► ArcSwap<AnswerTable> ──► server::Dispatcher
+//!                                     └──────► SRV data (/v1/catalog, emit.srv_file)
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::consul::answer::AnswerTable;
+use crate::consul::{self, Catalog};
+use crate::emit::{self, SrvData};
+use crate::forward::{ForwardError, Forwarder};
+use crate::http::{self, HttpState, Readiness};
+use crate::metrics;
+use crate::router::Router;
+use crate::server::{Dispatcher, Local, tcp, udp};
+use crate::zones::{ZoneError, Zones};
+
+/// Why signpost could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Zone(#[from] ZoneError),
+    #[error("forwarder: {0}")]
+    Forward(#[from] ForwardError),
+    #[error("consul: {0}")]
+    Consul(#[from] consul::client::ConsulError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running signpost.
+pub struct Running {
+    /// The DNS addresses actually bound (port 0 in the config becomes a real port).
+    pub dns_addrs: Vec<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub readiness: Arc<Readiness>,
+    shutdown: watch::Sender<bool>,
+    udp_threads: Vec<std::thread::JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The domains of the Consul zone, lowercase dotted without the final dot, primary first.
+pub fn consul_domains(config: &Config) -> Vec<String> {
+    let dotted = |n: &hickory_proto::rr::Name| n.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    std::iter::once(dotted(&config.consul.domain))
+        .chain(config.consul.alt_domain.as_ref().map(dotted))
+        .collect()
+}
+
+/// Build everything and bind every listener. Returns once signpost is serving (it may not be
+/// ready yet: `/ready` waits for the first catalog).
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    let prometheus = prometheus();
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let readiness = Arc::new(Readiness::default());
+    let domains = consul_domains(&config);
+
+    let forwarder = Arc::new(Forwarder::new(&config.forward, &config.cache, &config.listen.dns)?);
+    let zones = match &config.zones.dir {
+        Some(dir) => Zones::load_dir(dir)?,
+        None => Zones::default(),
+    };
+    let origins: Vec<String> = zones.zones().iter().map(|z| z.origin.clone()).collect();
+    let local = Arc::new(ArcSwap::from_pointee(Local {
+        router: Router::new(&domains, &origins),
+        zones,
+    }));
+    let table = Arc::new(ArcSwap::from_pointee(AnswerTable::empty(&domains, &config.dns)));
+    let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&table), local, forwarder));
+    let srv_data = Arc::new(ArcSwap::from_pointee(Bytes::new()));
+
+    let mut tasks = Vec::new();
+    let (catalogs, feed) = consul::watch::spawn(&config.consul)?;
+    tasks.push(feed);
+    tasks.push(tokio::spawn(follow_catalog(
+        catalogs,
+        Arc::clone(&config_arc(&config)),
+        domains,
+        table,
+        Arc::clone(&srv_data),
+        Arc::clone(&readiness),
+    )));
+
+    let mut dns_addrs = Vec::new();
+    let mut udp_threads = Vec::new();
+    let tcp_limit = Arc::new(Semaphore::new(config.listen.tcp_max_connections.max(1)));
+    let workers = match config.listen.udp_workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    for &addr in &config.listen.dns {
+        let (bound, sockets, listener) =
+            bind_dns(addr, workers).map_err(|source| AppError::Bind { addr, source })?;
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let thread = udp::spawn_worker(
+                socket,
+                Arc::clone(&dispatcher),
+                shutdown_rx.clone(),
+                format!("signpost-udp-{i}"),
+            )
+            .map_err(|source| AppError::Bind { addr, source })?;
+            udp_threads.push(thread);
+        }
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|source| AppError::Bind { addr, source })?;
+        tasks.push(tokio::spawn(tcp::serve(
+            listener,
+            Arc::clone(&dispatcher),
+            Arc::clone(&tcp_limit),
+            config.listen.tcp_idle_timeout,
+            shutdown_rx.clone(),
+        )));
+        tracing::info!(addr = %bound, workers, "dns listening (udp and tcp)");
+        dns_addrs.push(bound);
+    }
+
+    let http_addr = match config.listen.http {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { addr, source })?;
+            let bound = listener.local_addr().map_err(|source| AppError::Bind { addr, source })?;
+            let state = Arc::new(HttpState {
+                prometheus: prometheus.clone(),
+                dispatcher: Arc::clone(&dispatcher),
+                readiness: Arc::clone(&readiness),
+                srv_data,
+                before_scrape: Box::new(consul::watch::refresh_age_gauge),
+            });
+            let stop = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = http::serve(listener, state, stop).await {
+                    tracing::error!(error = %e, "http server failed");
+                }
+            }));
+            tracing::info!(addr = %bound, "http listening");
+            Some(bound)
+        }
+    };
+    tasks.push(tokio::spawn(upkeep(prometheus, shutdown_rx)));
+    readiness.listeners_bound.store(true, Ordering::Release);
+    Ok(Running {
+        dns_addrs,
+        http_addr,
+        readiness,
+        shutdown,
+        udp_threads,
+        tasks,
+    })
+}
+
+fn config_arc(config: &Config) -> Arc<Config> {
+    Arc::new(config.clone())
+}
+
+// === impl Running ===
+
+impl Running {
+    /// Stop accepting, stop every task, and wait for the UDP threads.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        let threads = self.udp_threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Rebuild the answer table and the SRV data for each new catalog. Building runs on a
+/// blocking thread: a catalog of thousands of services takes milliseconds to encode, which
+/// must not stall the runtime.
+async fn follow_catalog(
+    mut catalogs: consul::watch::CatalogRx,
+    config: Arc<Config>,
+    domains: Vec<String>,
+    table: Arc<ArcSwap<AnswerTable>>,
+    srv_data: Arc<ArcSwap<Bytes>>,
+    readiness: Arc<Readiness>,
+) {
+    loop {
+        let current: Option<Arc<Catalog>> = catalogs.borrow_and_update().clone();
+        if let Some(catalog) = current {
+            let config = Arc::clone(&config);
+            let domains = domains.clone();
+            let built = tokio::task::spawn_blocking(move || {
+                let answers = AnswerTable::build(&catalog, &domains, &config.dns);
+                let doc = SrvData::build(&catalog, &config.dns, &domains[0]).to_json();
+                if let Some(path) = &config.emit.srv_file {
+                    if let Err(e) = emit::write_if_changed(path, &doc) {
+                        ::metrics::counter!(metrics::EMIT_RENDERS_TOTAL, "result" => "write_error")
+                            .increment(1);
+                        tracing::warn!(path = %path.display(), error = %e, "cannot write the SRV data file");
+                    }
+                }
+                (answers, doc)
+            })
+            .await;
+            match built {
+                Ok((answers, doc)) => {
+                    table.store(Arc::new(answers));
+                    srv_data.store(Arc::new(Bytes::from(doc)));
+                    readiness.catalog_loaded.store(true, Ordering::Release);
+                }
+                Err(e) => tracing::error!(error = %e, "building the answer table failed"),
+            }
+        }
+        if catalogs.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder, installed once. A second `start` in the same process
+/// (tests) shares it.
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}
+
+/// The exporter keeps histogram samples until upkeep drains them (`reference/hickory.md` §5).
+async fn upkeep(handle: PrometheusHandle, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+        }
+    }
+}
+
+/// Bind `workers` UDP sockets and one TCP listener on the same address. Port 0 picks a free
+/// port for UDP first and then asks for the same port over TCP, retrying if TCP has it taken.
+fn bind_dns(
+    addr: SocketAddr,
+    workers: usize,
+) -> std::io::Result<(SocketAddr, Vec<std::net::UdpSocket>, std::net::TcpListener)> {
+    let mut last_error = None;
+    for _ in 0..16 {
+        let first = udp::bind(addr)?;
+        let bound = first.local_addr()?;
+        let listener = match tcp::bind(bound) {
+            Ok(l) => l,
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                last_error = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(udp::bind(bound)?);
+        }
+        return Ok((bound, sockets, listener));
+    }
+    Err(last_error.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into()))
+}
