@@ -1,5 +1,7 @@
 //! The forwarder through its public API, against fake upstreams on loopback.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,7 +112,14 @@ async fn relays_answer_with_flags_and_edns() {
     let fake = FakeUpstream::start(answer).await;
     let forwarder = forwarder(&[&fake], no_cache());
 
-    let reply = parse(&forwarder.resolve(&query_with_edns(0xBEEF, "WwW.Example.ORG.", RecordType::A), Proto::Udp).await);
+    let reply = parse(
+        &forwarder
+            .resolve(
+                &query_with_edns(0xBEEF, "WwW.Example.ORG.", RecordType::A),
+                Proto::Udp,
+            )
+            .await,
+    );
 
     assert_eq!(reply.metadata.id, 0xBEEF);
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
@@ -120,13 +129,22 @@ async fn relays_answer_with_flags_and_edns() {
     assert_eq!(reply.answers[0].ttl, 123);
     assert_eq!(reply.edns.as_ref().unwrap().max_payload(), 1232);
     assert!(reply.edns.as_ref().unwrap().flags().dnssec_ok);
-    assert_eq!(option(&reply, CLIENT_OPTION_CODE).as_deref(), Some(&b"client"[..]));
-    assert_eq!(option(&reply, FAKE_OPTION_CODE).as_deref(), Some(&b"fake"[..]));
+    assert_eq!(
+        option(&reply, CLIENT_OPTION_CODE).as_deref(),
+        Some(&b"client"[..])
+    );
+    assert_eq!(
+        option(&reply, FAKE_OPTION_CODE).as_deref(),
+        Some(&b"fake"[..])
+    );
 
     let sent = fake.last_query().unwrap();
     assert_eq!(sent.queries[0].name().to_ascii(), "WwW.Example.ORG.");
     assert!(sent.metadata.recursion_desired);
-    assert_eq!(option(&sent, CLIENT_OPTION_CODE).as_deref(), Some(&b"client"[..]));
+    assert_eq!(
+        option(&sent, CLIENT_OPTION_CODE).as_deref(),
+        Some(&b"client"[..])
+    );
 }
 
 /// Sends each attempt with a fresh random ID, not the client's.
@@ -136,20 +154,37 @@ async fn upstream_ids_are_random() {
     let forwarder = forwarder(&[&fake], no_cache());
     let mut ids = Vec::new();
     for _ in 0..4 {
-        let reply = parse(&forwarder.resolve(&query(7, "www.example.org.", RecordType::A), Proto::Udp).await);
+        let reply = parse(
+            &forwarder
+                .resolve(&query(7, "www.example.org.", RecordType::A), Proto::Udp)
+                .await,
+        );
         assert_eq!(reply.metadata.id, 7);
         ids.push(fake.last_query().unwrap().metadata.id);
     }
-    assert!(ids.iter().any(|id| *id != 7), "upstream saw only the client's ID: {ids:?}");
+    assert!(
+        ids.iter().any(|id| *id != 7),
+        "upstream saw only the client's ID: {ids:?}"
+    );
 }
 
 /// Relays NXDOMAIN with the SOA in the authority section, as the upstream sent it.
 #[tokio::test]
 async fn relays_nxdomain_with_soa() {
-    let fake = FakeUpstream::start(Answer::negative(ResponseCode::NXDomain, "example.org.", 900, 60)).await;
+    let fake = FakeUpstream::start(Answer::negative(
+        ResponseCode::NXDomain,
+        "example.org.",
+        900,
+        60,
+    ))
+    .await;
     let forwarder = forwarder(&[&fake], no_cache());
 
-    let reply = parse(&forwarder.resolve(&query(1, "nope.example.org.", RecordType::A), Proto::Udp).await);
+    let reply = parse(
+        &forwarder
+            .resolve(&query(1, "nope.example.org.", RecordType::A), Proto::Udp)
+            .await,
+    );
 
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     assert!(reply.metadata.authoritative);
@@ -158,20 +193,36 @@ async fn relays_nxdomain_with_soa() {
     assert_eq!(reply.authorities[0].name.to_ascii(), "example.org.");
     assert_eq!(reply.authorities[0].ttl, 900);
     assert!(matches!(&reply.authorities[0].data, RData::SOA(soa) if soa.minimum == 60));
-    assert!(reply.edns.is_none(), "an OPT record appeared for a client without EDNS");
+    assert!(
+        reply.edns.is_none(),
+        "an OPT record appeared for a client without EDNS"
+    );
 }
 
 /// SERVFAIL, REFUSED, FORMERR or silence from the first upstream moves on to the second.
 #[tokio::test]
 async fn failing_first_upstream_moves_on() {
-    for behaviour in [Behaviour::ServFail, Behaviour::Refused, Behaviour::FormErr, Behaviour::Silent] {
+    for behaviour in [
+        Behaviour::ServFail,
+        Behaviour::Refused,
+        Behaviour::FormErr,
+        Behaviour::Silent,
+    ] {
         let first = FakeUpstream::with(behaviour.clone(), ip(1)).await;
         let second = FakeUpstream::with(Behaviour::Answer, ip(2)).await;
         let forwarder = forwarder(&[&first, &second], no_cache());
 
-        let reply = parse(&forwarder.resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp).await);
+        let reply = parse(
+            &forwarder
+                .resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp)
+                .await,
+        );
 
-        assert_eq!(reply.metadata.response_code, ResponseCode::NoError, "{behaviour:?}");
+        assert_eq!(
+            reply.metadata.response_code,
+            ResponseCode::NoError,
+            "{behaviour:?}"
+        );
         assert_eq!(a_records(&reply), vec![ip(2)], "{behaviour:?}");
         assert_eq!((first.queries(), second.queries()), (1, 1), "{behaviour:?}");
     }
@@ -190,10 +241,18 @@ async fn closed_port_moves_on_fast() {
     let forwarder = Forwarder::new(&config, &no_cache(), &[]).unwrap();
 
     let start = Instant::now();
-    let reply = parse(&forwarder.resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp).await);
+    let reply = parse(
+        &forwarder
+            .resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp)
+            .await,
+    );
 
     assert_eq!(a_records(&reply), vec![ip(2)]);
-    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 /// When every upstream fails the client gets SERVFAIL with RA=1 and its EDNS echoed, within the
@@ -204,7 +263,10 @@ fn all_upstreams_fail_servfail_counted_once() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async {
             let silent = FakeUpstream::with(Behaviour::Silent, ip(1)).await;
             let failing = FakeUpstream::with(Behaviour::ServFail, ip(2)).await;
@@ -215,7 +277,12 @@ fn all_upstreams_fail_servfail_counted_once() {
                 .map(|id| {
                     let forwarder = forwarder.clone();
                     tokio::spawn(async move {
-                        forwarder.resolve(&query_with_edns(id, "down.example.org.", RecordType::A), Proto::Udp).await
+                        forwarder
+                            .resolve(
+                                &query_with_edns(id, "down.example.org.", RecordType::A),
+                                Proto::Udp,
+                            )
+                            .await
                     })
                 })
                 .collect();
@@ -227,17 +294,25 @@ fn all_upstreams_fail_servfail_counted_once() {
                 assert_eq!(reply.queries.len(), 1);
                 assert_eq!(reply.edns.as_ref().unwrap().max_payload(), 1232);
             }
-            assert!(start.elapsed() < TIMEOUT * 2 + Duration::from_millis(500), "took {:?}", start.elapsed());
+            assert!(
+                start.elapsed() < TIMEOUT * 2 + Duration::from_millis(500),
+                "took {:?}",
+                start.elapsed()
+            );
             assert_eq!((silent.queries(), failing.queries()), (1, 1));
 
             // The SERVFAIL is cached for `servfail_ttl` (RFC 2308 §7.1): no new upstream query.
             let again = query_with_edns(99, "down.example.org.", RecordType::A);
             let reply = parse(&forwarder.resolve(&again, Proto::Udp).await);
             assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+            assert_eq!((silent.queries(), failing.queries()), (1, 1));
         });
     });
     let text = handle.render();
-    assert!(text.contains("signpost_forward_all_upstreams_failed_total 1"), "{text}");
+    assert!(
+        text.contains("signpost_forward_all_upstreams_failed_total 1"),
+        "{text}"
+    );
     assert!(text.contains(r#"result="timeout""#), "{text}");
     assert!(text.contains(r#"result="servfail""#), "{text}");
 }
@@ -249,7 +324,14 @@ async fn truncated_udp_answer_retried_over_tcp() {
     fake.set_behaviour(Behaviour::Truncated);
     let forwarder = forwarder(&[&fake], no_cache());
 
-    let reply = parse(&forwarder.resolve(&query_with_edns(1, "big.example.org.", RecordType::A), Proto::Udp).await);
+    let reply = parse(
+        &forwarder
+            .resolve(
+                &query_with_edns(1, "big.example.org.", RecordType::A),
+                Proto::Udp,
+            )
+            .await,
+    );
 
     assert!(!reply.metadata.truncation);
     assert_eq!(reply.answers.len(), 20);
@@ -262,7 +344,11 @@ async fn tcp_client_uses_tcp_upstream() {
     let fake = FakeUpstream::with(Behaviour::Answer, ip(1)).await;
     let forwarder = forwarder(&[&fake], no_cache());
 
-    let reply = parse(&forwarder.resolve(&query(1, "www.example.org.", RecordType::A), Proto::Tcp).await);
+    let reply = parse(
+        &forwarder
+            .resolve(&query(1, "www.example.org.", RecordType::A), Proto::Tcp)
+            .await,
+    );
 
     assert_eq!(a_records(&reply), vec![ip(1)]);
     assert_eq!((fake.udp_queries(), fake.tcp_queries()), (0, 1));
@@ -275,14 +361,20 @@ async fn oversized_answer_truncated_for_udp_client() {
     let fake = FakeUpstream::start(Answer::many_a(60, 60)).await;
     let forwarder = forwarder(&[&fake], no_cache());
 
-    let wire = forwarder.resolve(&query(5, "big.example.org.", RecordType::A), Proto::Udp).await;
+    let wire = forwarder
+        .resolve(&query(5, "big.example.org.", RecordType::A), Proto::Udp)
+        .await;
     assert!(wire.len() <= 512, "{} bytes", wire.len());
     let reply = parse(&wire);
     assert!(reply.metadata.truncation);
     assert_eq!(reply.metadata.id, 5);
     assert_eq!(reply.queries[0].name().to_ascii(), "big.example.org.");
 
-    let reply = parse(&forwarder.resolve(&query(6, "big.example.org.", RecordType::A), Proto::Tcp).await);
+    let reply = parse(
+        &forwarder
+            .resolve(&query(6, "big.example.org.", RecordType::A), Proto::Tcp)
+            .await,
+    );
     assert!(!reply.metadata.truncation);
     assert_eq!(reply.answers.len(), 60);
 }
@@ -295,7 +387,11 @@ async fn mismatched_replies_ignored() {
         let fake = FakeUpstream::with(behaviour.clone(), ip(1)).await;
         let forwarder = forwarder(&[&fake], no_cache());
 
-        let reply = parse(&forwarder.resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp).await);
+        let reply = parse(
+            &forwarder
+                .resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp)
+                .await,
+        );
 
         assert_eq!(a_records(&reply), vec![ip(1)], "{behaviour:?}");
         assert_eq!(reply.queries[0].name().to_ascii(), "www.example.org.");
@@ -328,7 +424,11 @@ async fn conditional_forwarding_by_longest_suffix() {
         ("corp.example.net.", ip(1)),
     ];
     for (name, expected) in cases {
-        let reply = parse(&forwarder.resolve(&query(1, name, RecordType::A), Proto::Udp).await);
+        let reply = parse(
+            &forwarder
+                .resolve(&query(1, name, RecordType::A), Proto::Udp)
+                .await,
+        );
         assert_eq!(a_records(&reply), vec![expected], "{name}");
     }
 }
@@ -348,13 +448,19 @@ fn resolv_conf_without_other_servers_is_an_error() {
         domains: Vec::new(),
         max_in_flight: 10,
     };
-    assert!(matches!(Forwarder::new(&config, &no_cache(), &own), Err(ForwardError::NoUpstreams { .. })));
+    assert!(matches!(
+        Forwarder::new(&config, &no_cache(), &own),
+        Err(ForwardError::NoUpstreams { .. })
+    ));
 
     std::fs::write(&path, "nameserver 127.0.0.1\nnameserver 10.0.0.2\n").unwrap();
     assert!(Forwarder::new(&config, &no_cache(), &own).is_ok());
 
     config.upstreams = vec![Upstream::ResolvConf(dir.path().join("missing"))];
-    assert!(matches!(Forwarder::new(&config, &no_cache(), &own), Err(ForwardError::ResolvConf { .. })));
+    assert!(matches!(
+        Forwarder::new(&config, &no_cache(), &own),
+        Err(ForwardError::ResolvConf { .. })
+    ));
 }
 
 /// Beyond `max_in_flight` forwarded queries, a client is refused at once.
@@ -367,7 +473,11 @@ async fn max_in_flight_refuses_beyond_the_bound() {
 
     let first = {
         let forwarder = forwarder.clone();
-        tokio::spawn(async move { forwarder.resolve(&query(1, "slow.example.org.", RecordType::A), Proto::Udp).await })
+        tokio::spawn(async move {
+            forwarder
+                .resolve(&query(1, "slow.example.org.", RecordType::A), Proto::Udp)
+                .await
+        })
     };
     for _ in 0..100 {
         if fake.queries() > 0 {
@@ -376,14 +486,25 @@ async fn max_in_flight_refuses_beyond_the_bound() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let start = Instant::now();
-    let second = parse(&forwarder.resolve(&query_with_edns(2, "other.example.org.", RecordType::A), Proto::Udp).await);
+    let second = parse(
+        &forwarder
+            .resolve(
+                &query_with_edns(2, "other.example.org.", RecordType::A),
+                Proto::Udp,
+            )
+            .await,
+    );
     assert_eq!(second.metadata.response_code, ResponseCode::Refused);
     assert_eq!(second.metadata.id, 2);
     assert!(second.edns.is_some());
     assert!(start.elapsed() < Duration::from_millis(100));
 
     assert_eq!(a_records(&parse(&first.await.unwrap())), vec![ip(1)]);
-    let third = parse(&forwarder.resolve(&query(3, "other.example.org.", RecordType::A), Proto::Udp).await);
+    let third = parse(
+        &forwarder
+            .resolve(&query(3, "other.example.org.", RecordType::A), Proto::Udp)
+            .await,
+    );
     assert_eq!(a_records(&third), vec![ip(1)]);
 }
 
@@ -394,8 +515,16 @@ async fn cache_hit_skips_upstream() {
     let fake = FakeUpstream::start(Answer::a(ip(1), 300)).await;
     let forwarder = forwarder(&[&fake], with_cache());
 
-    let first = parse(&forwarder.resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp).await);
-    let second = parse(&forwarder.resolve(&query(2, "WWW.example.ORG.", RecordType::A), Proto::Udp).await);
+    let first = parse(
+        &forwarder
+            .resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp)
+            .await,
+    );
+    let second = parse(
+        &forwarder
+            .resolve(&query(2, "WWW.example.ORG.", RecordType::A), Proto::Udp)
+            .await,
+    );
 
     assert_eq!(fake.queries(), 1);
     assert_eq!(a_records(&first), a_records(&second));
@@ -403,27 +532,46 @@ async fn cache_hit_skips_upstream() {
     assert_eq!(second.queries[0].name().to_ascii(), "WWW.example.ORG.");
     assert!(second.answers[0].ttl <= 300);
 
-    forwarder.resolve(&query_with_edns(3, "www.example.org.", RecordType::A), Proto::Udp).await;
+    forwarder
+        .resolve(
+            &query_with_edns(3, "www.example.org.", RecordType::A),
+            Proto::Udp,
+        )
+        .await;
     assert_eq!(fake.queries(), 2);
-    forwarder.resolve(&query(4, "www.example.org.", RecordType::AAAA), Proto::Udp).await;
+    forwarder
+        .resolve(&query(4, "www.example.org.", RecordType::AAAA), Proto::Udp)
+        .await;
     assert_eq!(fake.queries(), 3);
 }
 
 /// NXDOMAIN is cached from the SOA (RFC 2308 §5); an answer without SOA is not.
 #[tokio::test]
 async fn negative_answers_cached_from_soa() {
-    let fake = FakeUpstream::start(Answer::negative(ResponseCode::NXDomain, "example.org.", 900, 60)).await;
+    let fake = FakeUpstream::start(Answer::negative(
+        ResponseCode::NXDomain,
+        "example.org.",
+        900,
+        60,
+    ))
+    .await;
     fake.set_name("nosoa.example.org.", Answer::rcode(ResponseCode::NXDomain));
     let forwarder = forwarder(&[&fake], with_cache());
 
     for id in 0..3 {
-        let reply = parse(&forwarder.resolve(&query(id, "nope.example.org.", RecordType::A), Proto::Udp).await);
+        let reply = parse(
+            &forwarder
+                .resolve(&query(id, "nope.example.org.", RecordType::A), Proto::Udp)
+                .await,
+        );
         assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(reply.authorities.len(), 1);
     }
     assert_eq!(fake.queries(), 1);
     for id in 0..3 {
-        forwarder.resolve(&query(id, "nosoa.example.org.", RecordType::A), Proto::Udp).await;
+        forwarder
+            .resolve(&query(id, "nosoa.example.org.", RecordType::A), Proto::Udp)
+            .await;
     }
     assert_eq!(fake.queries(), 4);
 }
@@ -438,7 +586,14 @@ async fn identical_misses_coalesced() {
     let tasks: Vec<_> = (0..1000u16)
         .map(|id| {
             let forwarder = forwarder.clone();
-            tokio::spawn(async move { forwarder.resolve(&query(id, "popular.example.org.", RecordType::A), Proto::Udp).await })
+            tokio::spawn(async move {
+                forwarder
+                    .resolve(
+                        &query(id, "popular.example.org.", RecordType::A),
+                        Proto::Udp,
+                    )
+                    .await
+            })
         })
         .collect();
     for (id, task) in tasks.into_iter().enumerate() {
@@ -459,11 +614,17 @@ async fn stale_answer_served_when_upstreams_fail() {
         ..with_cache()
     };
     let forwarder = forwarder(&[&fake], cache);
-    forwarder.resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp).await;
+    forwarder
+        .resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp)
+        .await;
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     fake.set_behaviour(Behaviour::ServFail);
-    let reply = parse(&forwarder.resolve(&query(2, "www.example.org.", RecordType::A), Proto::Udp).await);
+    let reply = parse(
+        &forwarder
+            .resolve(&query(2, "www.example.org.", RecordType::A), Proto::Udp)
+            .await,
+    );
 
     assert_eq!(fake.queries(), 2);
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);

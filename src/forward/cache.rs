@@ -93,7 +93,12 @@ impl Entry {
 
     /// This (expired) entry as a stale answer: every TTL is `stale_ttl` (RFC 8767 §4: "a TTL
     /// of 30 seconds is RECOMMENDED").
-    pub(crate) fn answer_stale(&self, request: &[u8], parsed: &Message, stale_ttl: Duration) -> Option<Vec<u8>> {
+    pub(crate) fn answer_stale(
+        &self,
+        request: &[u8],
+        parsed: &Message,
+        stale_ttl: Duration,
+    ) -> Option<Vec<u8>> {
         let stale_ttl = u32::try_from(stale_ttl.as_secs()).unwrap_or(u32::MAX);
         self.render(request, parsed, |_| stale_ttl)
     }
@@ -102,7 +107,12 @@ impl Entry {
         self.wire.is_none()
     }
 
-    fn render(&self, request: &[u8], parsed: &Message, ttl: impl Fn(u32) -> u32) -> Option<Vec<u8>> {
+    fn render(
+        &self,
+        request: &[u8],
+        parsed: &Message,
+        ttl: impl Fn(u32) -> u32,
+    ) -> Option<Vec<u8>> {
         let Some(stored) = &self.wire else {
             return Some(packet::error_response(parsed, ResponseCode::ServFail));
         };
@@ -146,10 +156,21 @@ impl Cache {
     }
 
     /// Cache an upstream answer for as long as [`Cache::ttl_of`] allows.
-    pub(crate) async fn insert_answer(&self, key: CacheKey, message: &Message, wire: Arc<[u8]>, now: Instant) {
+    pub(crate) async fn insert_answer(
+        &self,
+        key: CacheKey,
+        message: &Message,
+        wire: Arc<[u8]>,
+        now: Instant,
+    ) {
         if let Some(ttl) = self.ttl_of(message) {
             let keep = ttl + self.config.serve_stale;
-            let entry = Entry { wire: Some(wire), inserted: now, ttl, keep };
+            let entry = Entry {
+                wire: Some(wire),
+                inserted: now,
+                ttl,
+                keep,
+            };
             self.entries.insert(key, entry).await;
         }
     }
@@ -165,7 +186,12 @@ impl Cache {
         if let Lookup::Stale(_) = self.get(&key, now).await {
             return;
         }
-        let entry = Entry { wire: None, inserted: now, ttl, keep: ttl };
+        let entry = Entry {
+            wire: None,
+            inserted: now,
+            ttl,
+            keep: ttl,
+        };
         self.entries.insert(key, entry).await;
     }
 
@@ -195,7 +221,10 @@ impl Cache {
             ResponseCode::NoError if !message.answers.is_empty() => {
                 let lowest = message.answers.iter().map(|r| r.ttl).min()?;
                 let lowest = Duration::from_secs(u64::from(lowest));
-                lowest.clamp(self.config.min_ttl, self.config.max_ttl.max(self.config.min_ttl))
+                lowest.clamp(
+                    self.config.min_ttl,
+                    self.config.max_ttl.max(self.config.min_ttl),
+                )
             }
             ResponseCode::NoError | ResponseCode::NXDomain => {
                 let soa = message.authorities.iter().find_map(|r| match &r.data {
@@ -213,7 +242,12 @@ impl Cache {
 // === impl KeepFor ===
 
 impl Expiry<CacheKey, Entry> for KeepFor {
-    fn expire_after_create(&self, _: &CacheKey, entry: &Entry, _: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        entry: &Entry,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         Some(entry.keep)
     }
 

@@ -59,10 +59,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
                     return value;
                 }
                 Join::Follower(mut receiver) => {
-                    if let Ok(value) = receiver.wait_for(Option::is_some).await {
-                        if let Some(value) = value.clone() {
-                            return value;
-                        }
+                    if let Ok(value) = receiver.wait_for(Option::is_some).await
+                        && let Some(value) = value.clone()
+                    {
+                        return value;
                     }
                 }
             }
@@ -73,7 +73,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     /// Rounds in flight now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     fn join(&self, key: &K) -> Join<'_, K, V> {
@@ -97,8 +100,15 @@ impl<K: Hash + Eq + Clone, V> Drop for Leader<'_, K, V> {
     /// Done or cancelled: the key is free for the next round. Waiters already subscribed keep
     /// their receiver and see either the value or a closed channel.
     fn drop(&mut self) {
-        let mut map = self.flights.map.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(&self.key).is_some_and(|s| s.same_channel(&self.sender)) {
+        let mut map = self
+            .flights
+            .map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map
+            .get(&self.key)
+            .is_some_and(|s| s.same_channel(&self.sender))
+        {
             map.remove(&self.key);
         }
     }

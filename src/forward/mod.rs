@@ -63,7 +63,9 @@ pub enum ForwardError {
         source: std::io::Error,
     },
     /// Every upstream of a list was left out (signpost's own addresses) or none was given.
-    #[error("no upstream resolvers for {list} (resolv.conf lists only signpost itself, or nothing)")]
+    #[error(
+        "no upstream resolvers for {list} (resolv.conf lists only signpost itself, or nothing)"
+    )]
     NoUpstreams { list: String },
 }
 
@@ -112,7 +114,11 @@ const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 impl Forwarder {
     /// Build the forwarder. `own`: signpost's own listen addresses, never used as upstreams.
     /// `Upstream::ResolvConf` files are read here.
-    pub fn new(config: &ForwardConfig, cache: &CacheConfig, own: &[SocketAddr]) -> Result<Forwarder, ForwardError> {
+    pub fn new(
+        config: &ForwardConfig,
+        cache: &CacheConfig,
+        own: &[SocketAddr],
+    ) -> Result<Forwarder, ForwardError> {
         let default = pool(&config.upstreams, config, own, "forward.upstreams")?;
         let mut domains = Vec::with_capacity(config.domains.len());
         for domain in &config.domains {
@@ -190,8 +196,14 @@ impl Forwarder {
 
     /// When every upstream failed: a stale answer if there is one (RFC 8767 §4), else SERVFAIL.
     fn failed(&self, request: &Request<'_>, stale: Option<&cache::Entry>) -> Vec<u8> {
-        let stale_ttl = self.cache.as_ref().map(|c| c.stale_ttl()).unwrap_or_default();
-        if let Some(answer) = stale.and_then(|e| e.answer_stale(request.wire, &request.message, stale_ttl)) {
+        let stale_ttl = self
+            .cache
+            .as_ref()
+            .map(|c| c.stale_ttl())
+            .unwrap_or_default();
+        if let Some(answer) =
+            stale.and_then(|e| e.answer_stale(request.wire, &request.message, stale_ttl))
+        {
             self.handles().stale.increment(1);
             return answer;
         }
@@ -204,26 +216,44 @@ impl Forwarder {
         let pool = self.pool_for(request.question.name());
         for index in pool.order() {
             let target = &pool.targets[index];
-            let (outcome, result) = target.ask(request.wire, &request.question, proto, self.timeout).await;
+            let (outcome, result) = target
+                .ask(request.wire, &request.question, proto, self.timeout)
+                .await;
             match result {
                 Ok(reply) if outcome.is_usable() => {
                     let wire: Arc<[u8]> = reply.wire.into();
                     if let Some(cache) = &self.cache {
-                        cache.insert_answer(request.key.clone(), &reply.message, wire.clone(), Instant::now()).await;
+                        cache
+                            .insert_answer(
+                                request.key.clone(),
+                                &reply.message,
+                                wire.clone(),
+                                Instant::now(),
+                            )
+                            .await;
                         self.handles().entries.set(cache.entry_count() as f64);
                     }
                     return Arc::new(Round::Answer(wire));
                 }
-                Ok(_) => tracing::debug!(upstream = %target.label, result = outcome.as_str(), "trying the next upstream"),
-                Err(error) => tracing::debug!(upstream = %target.label, %error, "trying the next upstream"),
+                Ok(_) => {
+                    tracing::debug!(upstream = %target.label, result = outcome.as_str(), "trying the next upstream")
+                }
+                Err(error) => {
+                    tracing::debug!(upstream = %target.label, %error, "trying the next upstream")
+                }
             }
         }
         self.handles().all_failed.increment(1);
         if self.failure_log.allow(Instant::now()) {
-            tracing::warn!(upstreams = pool.targets.len(), "all upstream resolvers failed");
+            tracing::warn!(
+                upstreams = pool.targets.len(),
+                "all upstream resolvers failed"
+            );
         }
         if let Some(cache) = &self.cache {
-            cache.insert_servfail(request.key.clone(), Instant::now()).await;
+            cache
+                .insert_servfail(request.key.clone(), Instant::now())
+                .await;
         }
         Arc::new(Round::AllFailed)
     }
@@ -251,7 +281,12 @@ impl Forwarder {
 
 /// The targets of one upstream list; resolv.conf entries are expanded and signpost's own
 /// addresses left out (never forward to ourselves: `reference/peers.md` §6).
-fn pool(upstreams: &[Upstream], config: &ForwardConfig, own: &[SocketAddr], list: &str) -> Result<Pool, ForwardError> {
+fn pool(
+    upstreams: &[Upstream],
+    config: &ForwardConfig,
+    own: &[SocketAddr],
+    list: &str,
+) -> Result<Pool, ForwardError> {
     let mut targets = Vec::new();
     for upstream in upstreams {
         match upstream {
@@ -260,16 +295,23 @@ fn pool(upstreams: &[Upstream], config: &ForwardConfig, own: &[SocketAddr], list
             }
             Upstream::Addr(addr) => targets.push(Target::new(*addr, addr.to_string())),
             Upstream::ResolvConf(path) => {
-                let servers = resolv_conf::read(path, own).map_err(|source| ForwardError::ResolvConf {
-                    path: path.clone(),
-                    source,
-                })?;
-                targets.extend(servers.into_iter().map(|addr| Target::new(addr, addr.to_string())));
+                let servers =
+                    resolv_conf::read(path, own).map_err(|source| ForwardError::ResolvConf {
+                        path: path.clone(),
+                        source,
+                    })?;
+                targets.extend(
+                    servers
+                        .into_iter()
+                        .map(|addr| Target::new(addr, addr.to_string())),
+                );
             }
         }
     }
     if targets.is_empty() {
-        return Err(ForwardError::NoUpstreams { list: list.to_owned() });
+        return Err(ForwardError::NoUpstreams {
+            list: list.to_owned(),
+        });
     }
     Ok(Pool {
         targets,
@@ -305,7 +347,10 @@ impl RateLimit {
 
     /// Whether an event at `now` may go through; if so, it starts a new interval.
     fn allow(&self, now: Instant) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match *last {
             Some(at) if now.saturating_duration_since(at) < self.interval => false,
             _ => {

@@ -79,7 +79,9 @@ pub(crate) fn copy_id_and_question(reply: &mut [u8], request: &[u8]) {
     let (Some(theirs), Some(ours)) = (question_name(request), question_name(reply)) else {
         return;
     };
-    if theirs.len() == ours.len() && request[theirs.clone()].eq_ignore_ascii_case(&reply[ours.clone()]) {
+    if theirs.len() == ours.len()
+        && request[theirs.clone()].eq_ignore_ascii_case(&reply[ours.clone()])
+    {
         reply[ours].copy_from_slice(&request[theirs]);
     }
 }
@@ -96,7 +98,8 @@ pub(crate) fn rewrite_ttls(wire: &mut [u8], ttl: impl Fn(u32) -> u32) -> Option<
         let old = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
         let rdlength = u16::from_be_bytes([fixed[8], fixed[9]]) as usize;
         if rtype != OPT_TYPE {
-            wire.get_mut(pos + 4..pos + 8)?.copy_from_slice(&ttl(old).to_be_bytes());
+            wire.get_mut(pos + 4..pos + 8)?
+                .copy_from_slice(&ttl(old).to_be_bytes());
         }
         pos += 10 + rdlength;
     }
@@ -115,10 +118,10 @@ pub(crate) fn udp_limit(request: &Message) -> usize {
 /// `reply` cut to fit a UDP client: the header and question with TC set, and the OPT record when
 /// the reply had one (RFC 2181 §9: a truncated answer has TC set; the client retries over TCP).
 pub(crate) fn truncate(reply: &[u8]) -> Vec<u8> {
-    if let Ok(message) = Message::from_vec(reply) {
-        if let Ok(wire) = message.truncate().to_vec() {
-            return wire;
-        }
+    if let Ok(message) = Message::from_vec(reply)
+        && let Ok(wire) = message.truncate().to_vec()
+    {
+        return wire;
     }
     let mut wire = header_and_question(reply)
         .unwrap_or(reply.get(..HEADER_LEN).unwrap_or(reply))
@@ -150,7 +153,9 @@ pub(crate) fn error_response(request: &Message, rcode: ResponseCode) -> Vec<u8> 
         edns.set_dnssec_ok(theirs.flags().dnssec_ok);
         response.set_edns(edns);
     }
-    response.to_vec().unwrap_or_else(|_| minimal_response(&[], rcode))
+    response
+        .to_vec()
+        .unwrap_or_else(|_| minimal_response(&[], rcode))
 }
 
 /// A header-only response for a request that cannot be parsed (RFC 1035 §4.1.1: FORMERR, "the

@@ -54,6 +54,7 @@ pub(crate) fn read(path: &Path, own: &[SocketAddr]) -> std::io::Result<Vec<Socke
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::io::Write;
 
@@ -75,7 +76,11 @@ mod tests {
     #[test]
     fn leaves_out_own_addresses() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        writeln!(file, "nameserver 127.0.0.1\nnameserver 10.0.0.2\nnameserver 127.0.0.53\nnameserver ::1").unwrap();
+        writeln!(
+            file,
+            "nameserver 127.0.0.1\nnameserver 10.0.0.2\nnameserver 127.0.0.53\nnameserver ::1"
+        )
+        .unwrap();
         let own = [addr("127.0.0.1:53")];
         assert_eq!(
             read(file.path(), &own).unwrap(),

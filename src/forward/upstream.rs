@@ -181,10 +181,18 @@ impl Target {
     /// Exponentially smoothed RTT (weight 1/8, as RFC 6298 §2.3); a failure counts as a full
     /// timeout so that a dead upstream sinks to the end of a `fastest` list.
     fn observe(&self, outcome: Outcome, elapsed: Duration, timeout: Duration) {
-        let sample = if outcome.is_usable() { elapsed } else { timeout };
+        let sample = if outcome.is_usable() {
+            elapsed
+        } else {
+            timeout
+        };
         let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX).max(1);
         let old = self.srtt_micros.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
         self.srtt_micros.store(new, Ordering::Relaxed);
     }
 }

@@ -5,6 +5,8 @@
 //! ([`FAKE_OPTION_CODE`]) so tests can see EDNS relayed both ways. Its [`Behaviour`] can be
 //! switched while it runs, and it counts the queries it receives per transport.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -279,7 +281,9 @@ async fn replies(state: &State, query: &Message, tcp: bool) -> Vec<(Duration, Ve
         Behaviour::FormErr => vec![(now, reply(query, &Answer::rcode(ResponseCode::FormErr)))],
         Behaviour::Truncated if tcp => vec![(now, reply(query, &answer))],
         Behaviour::Truncated => {
-            let mut message = Message::from_vec(&reply(query, &answer)).unwrap().truncate();
+            let mut message = Message::from_vec(&reply(query, &answer))
+                .unwrap()
+                .truncate();
             message.metadata.truncation = true;
             vec![(now, message.to_vec().unwrap())]
         }
@@ -307,7 +311,11 @@ fn reply(query: &Message, answer: &Answer) -> Vec<u8> {
     message.metadata.authoritative = answer.authoritative;
     message.metadata.response_code = answer.rcode;
     message.add_queries(query.queries.iter().cloned());
-    let owner = query.queries.first().map(|q| q.name().clone()).unwrap_or_else(Name::root);
+    let owner = query
+        .queries
+        .first()
+        .map(|q| q.name().clone())
+        .unwrap_or_else(Name::root);
     let name = |records: &[Record]| -> Vec<Record> {
         records
             .iter()
@@ -330,7 +338,8 @@ fn reply(query: &Message, answer: &Answer) -> Vec<u8> {
         for (_, option) in &theirs.options().options {
             edns.options_mut().insert(option.clone());
         }
-        edns.options_mut().insert(EdnsOption::Unknown(FAKE_OPTION_CODE, b"fake".to_vec()));
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(FAKE_OPTION_CODE, b"fake".to_vec()));
         message.set_edns(edns);
     }
     message.to_vec().unwrap()
