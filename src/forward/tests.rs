@@ -94,3 +94,17 @@ async fn flights_share_one_round() {
     );
     assert_eq!(flights.len(), 0);
 }
+
+/// `fastest` tries unmeasured targets first, then the lowest smoothed RTT; a failure counts as a
+/// full timeout.
+#[test]
+fn fastest_orders_by_smoothed_rtt() {
+    use crate::forward::upstream::Outcome;
+    let pool = pool(Strategy::Fastest, 3);
+    let timeout = Duration::from_secs(2);
+    pool.targets[0].observe(Outcome::Timeout, timeout, timeout);
+    pool.targets[1].observe(Outcome::Ok, Duration::from_millis(5), timeout);
+    assert_eq!(pool.order(), vec![2, 1, 0]);
+    pool.targets[2].observe(Outcome::Ok, Duration::from_millis(50), timeout);
+    assert_eq!(pool.order(), vec![1, 2, 0]);
+}

@@ -180,7 +180,7 @@ impl Target {
 
     /// Exponentially smoothed RTT (weight 1/8, as RFC 6298 §2.3); a failure counts as a full
     /// timeout so that a dead upstream sinks to the end of a `fastest` list.
-    fn observe(&self, outcome: Outcome, elapsed: Duration, timeout: Duration) {
+    pub(crate) fn observe(&self, outcome: Outcome, elapsed: Duration, timeout: Duration) {
         let sample = if outcome.is_usable() {
             elapsed
         } else {
@@ -217,7 +217,8 @@ impl Pool {
 
 /// Send `request` to `addr` and wait up to `timeout` for a matching reply; over TCP when the
 /// client came over TCP (Consul mirrors the client's transport), or when the UDP reply has TC
-/// set. If the TCP retry fails, the truncated UDP reply is returned: relayed with TC, it sends
+/// set (the TCP leg gets its own `timeout`, so one upstream costs at most twice the timeout).
+/// If the TCP retry fails, the truncated UDP reply is returned: relayed with TC, it sends
 /// the client to TCP itself (`reference/consul-dns.md` §5.1).
 pub(crate) async fn exchange(
     addr: SocketAddr,
