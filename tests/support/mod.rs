@@ -1,0 +1,3 @@
+//! Shared test support: fakes of the things signpost talks to.
+
+pub(crate) mod fake_upstream;
