@@ -433,10 +433,11 @@ async fn conditional_forwarding_by_longest_suffix() {
     }
 }
 
-/// A resolv.conf that lists only signpost itself leaves no upstream: `new()` fails; an
-/// unreadable one fails too.
-#[test]
-fn resolv_conf_without_other_servers_is_an_error() {
+/// A resolv.conf that lists only signpost itself leaves no upstream: signpost still starts
+/// (its `.consul` answers do not depend on upstreams) and refuses forwarded names, as Consul
+/// does without recursors; an unreadable resolv.conf is a start-up error.
+#[tokio::test]
+async fn resolv_conf_without_other_servers_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("resolv.conf");
     std::fs::write(&path, "nameserver 127.0.0.1\n").unwrap();
@@ -448,13 +449,10 @@ fn resolv_conf_without_other_servers_is_an_error() {
         domains: Vec::new(),
         max_in_flight: 10,
     };
-    assert!(matches!(
-        Forwarder::new(&config, &no_cache(), &own),
-        Err(ForwardError::NoUpstreams { .. })
-    ));
-
-    std::fs::write(&path, "nameserver 127.0.0.1\nnameserver 10.0.0.2\n").unwrap();
-    assert!(Forwarder::new(&config, &no_cache(), &own).is_ok());
+    let forwarder = Forwarder::new(&config, &no_cache(), &own).unwrap();
+    let reply = parse(&forwarder.resolve(&query(9, "example.com.", RecordType::A), Proto::Udp).await);
+    assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(reply.metadata.id, 9);
 
     config.upstreams = vec![Upstream::ResolvConf(dir.path().join("missing"))];
     assert!(matches!(

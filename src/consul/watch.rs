@@ -12,3 +12,6 @@ pub fn spawn(
     let (tx, rx) = tokio::sync::watch::channel(None);
     Ok((rx, tokio::spawn(async move { tx.closed().await })))
 }
+
+/// Placeholder.
+pub fn refresh_age_gauge() {}

@@ -62,11 +62,6 @@ pub enum ForwardError {
         #[source]
         source: std::io::Error,
     },
-    /// Every upstream of a list was left out (signpost's own addresses) or none was given.
-    #[error(
-        "no upstream resolvers for {list} (resolv.conf lists only signpost itself, or nothing)"
-    )]
-    NoUpstreams { list: String },
 }
 
 /// Identical queries share a round only if they also came over the same transport: a TCP
@@ -175,6 +170,9 @@ impl Forwarder {
                 Lookup::Miss => {}
             }
             handles.misses.increment(1);
+        }
+        if self.pool_for(request.question.name()).targets.is_empty() {
+            return packet::error_response(&request.message, ResponseCode::Refused);
         }
         // DESIGN.md rule 4: a bound on forwarded queries in flight. Beyond it the client is
         // refused at once rather than queued (CoreDNS `max_concurrent`); REFUSED is never cached.
@@ -309,9 +307,10 @@ fn pool(
         }
     }
     if targets.is_empty() {
-        return Err(ForwardError::NoUpstreams {
-            list: list.to_owned(),
-        });
+        // Consul without recursors answers REFUSED for names outside its domain; signpost does
+        // the same rather than refusing to start (a node with an empty resolv.conf still gets
+        // its `.consul` answers).
+        tracing::warn!(list, "no upstream resolvers: forwarded names will be REFUSED");
     }
     Ok(Pool {
         targets,
