@@ -1,1 +1,12 @@
-//! placeholder
+//! The one integration binary: each module tests one part of signpost against real sockets on
+//! 127.0.0.1; `support` holds the fakes they run against.
+
+// `support` items are `pub` so that every test module can use them; in a test binary nothing
+// is reachable from outside, which is all `unreachable_pub` would report.
+#![allow(unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+/// The Consul feed (`consul::watch`, `consul::file`) against the fake agent.
+mod consul_feed;

@@ -20,7 +20,10 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
+use self::plain::{BoxError, PlainError, Pool};
 use crate::metrics::{CONSUL_LAST_CONTACT_TIMESTAMP_SECONDS, CONSUL_REQUESTS_TOTAL};
+
+mod plain;
 
 /// How much of an error body is kept in [`ConsulError::Status`].
 const BODY_EXCERPT: usize = 200;
@@ -44,7 +47,7 @@ pub enum ConsulError {
     Connect {
         url: String,
         #[source]
-        source: reqwest::Error,
+        source: BoxError,
     },
     #[error("request to {path} timed out after {timeout:?}")]
     Timeout { path: String, timeout: Duration },
@@ -62,7 +65,7 @@ pub enum ConsulError {
     Body {
         path: String,
         #[source]
-        source: reqwest::Error,
+        source: BoxError,
     },
     #[error("{path}: cannot decode the response: {reason}")]
     Decode { path: String, reason: String },
@@ -106,10 +109,19 @@ pub struct TlsFiles {
 /// A client for one agent. Cheap to clone; clones share the pool and the permits.
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    transport: Arc<Transport>,
     base: String,
     token: Option<HeaderValue>,
     permits: Arc<Semaphore>,
+}
+
+/// How requests reach the agent.
+enum Transport {
+    /// `http://`: our own HTTP/1.1 pool, which never opens more connections than permits.
+    Plain(Pool),
+    /// `https://`: reqwest with rustls; requests are bounded by the permits, and its pool keeps
+    /// at most `max_connections` idle connections.
+    Tls(reqwest::Client),
 }
 
 /// When the agent last answered successfully, if ever (process-wide).
@@ -179,9 +191,15 @@ impl Client {
                 .map_err(|e| ConsulError::Setup(format!("{}: {e}", cert.display())))?;
             builder = builder.identity(identity);
         }
-        let http = builder
-            .build()
-            .map_err(|e| ConsulError::Setup(e.to_string()))?;
+        let base = base.trim_end_matches('/').to_string();
+        let transport = match base.strip_prefix("http://") {
+            Some(authority) => Transport::Plain(Pool::new(authority.to_string())),
+            None => Transport::Tls(
+                builder
+                    .build()
+                    .map_err(|e| ConsulError::Setup(e.to_string()))?,
+            ),
+        };
         let token = match token.filter(|t| !t.is_empty()) {
             Some(t) => {
                 let mut value = HeaderValue::from_str(&t).map_err(|_| {
@@ -193,8 +211,8 @@ impl Client {
             None => None,
         };
         Ok(Client {
-            http,
-            base: base.trim_end_matches('/').to_string(),
+            transport: Arc::new(transport),
+            base,
             token,
             permits: Arc::new(Semaphore::new(max_connections)),
         })
@@ -238,8 +256,10 @@ impl Client {
             ?timeout,
             "consul request"
         );
-        let fut = self.send(&url, short);
-        match tokio::time::timeout(timeout, fut).await {
+        let fut = self.send(&url, short, timeout);
+        // The plain pool enforces `timeout` itself (closing the socket before the permit goes);
+        // this outer bound is a backstop for connecting and for the TLS transport.
+        match tokio::time::timeout(timeout + Duration::from_secs(2), fut).await {
             Ok(result) => result,
             Err(_) => Err(ConsulError::Timeout {
                 path: short.to_string(),
@@ -248,18 +268,54 @@ impl Client {
         }
     }
 
-    async fn send(&self, url: &str, path: &str) -> Result<(bytes::Bytes, Meta), ConsulError> {
-        let mut req = self.http.get(url);
+    async fn send(
+        &self,
+        url: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(bytes::Bytes, Meta), ConsulError> {
+        let mut headers = HeaderMap::new();
         if let Some(token) = &self.token {
-            req = req.header("X-Consul-Token", token.clone());
+            headers.insert("X-Consul-Token", token.clone());
         }
-        let resp = req.send().await.map_err(|e| classify_send(e, url, path))?;
-        let status = resp.status();
-        let meta = read_meta(resp.headers());
-        let bytes = resp.bytes().await.map_err(|e| ConsulError::Body {
-            path: path.to_string(),
-            source: e.without_url(),
-        })?;
+        let (status, meta, bytes) = match &*self.transport {
+            Transport::Plain(pool) => {
+                let path_and_query = url.strip_prefix(&self.base).unwrap_or(url);
+                let reply =
+                    pool.get(path_and_query, &headers, timeout)
+                        .await
+                        .map_err(|e| match e {
+                            PlainError::Timeout => ConsulError::Timeout {
+                                path: path.to_string(),
+                                timeout,
+                            },
+                            PlainError::Connect(source) => ConsulError::Connect {
+                                url: self.base.clone(),
+                                source,
+                            },
+                            PlainError::Body(source) => ConsulError::Body {
+                                path: path.to_string(),
+                                source,
+                            },
+                        })?;
+                (reply.status, read_meta(&reply.headers), reply.body)
+            }
+            Transport::Tls(http) => {
+                let resp = http
+                    .get(url)
+                    .headers(headers)
+                    .send()
+                    .await
+                    .map_err(|e| classify_send(e, url, path))?;
+                let status = resp.status();
+                let meta = read_meta(resp.headers());
+                let bytes = resp.bytes().await.map_err(|e| ConsulError::Body {
+                    path: path.to_string(),
+                    source: Box::new(e.without_url()),
+                })?;
+                (status, meta, bytes)
+            }
+        };
         if !status.is_success() {
             return Err(status_error(status, path, &bytes));
         }
@@ -347,14 +403,14 @@ fn classify_send(e: reqwest::Error, url: &str, path: &str) -> ConsulError {
         let url = url.split('?').next().unwrap_or(url).to_string();
         return ConsulError::Connect {
             url,
-            source: e.without_url(),
+            source: Box::new(e.without_url()),
         };
     }
     // A connection closed before the status line (e.g. the agent's connection limiter
     // closing it) lands here too.
     ConsulError::Body {
         path: path.to_string(),
-        source: e.without_url(),
+        source: Box::new(e.without_url()),
     }
 }
 
@@ -405,6 +461,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ConsulError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

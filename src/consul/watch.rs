@@ -67,6 +67,8 @@ const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A 429 means "slow down": never retry sooner than this.
 const SLOW_DOWN_MIN: Duration = Duration::from_secs(2);
+/// Fewest connections the feed works with: the three long polls plus one for fetches.
+pub const MIN_CONNECTIONS: usize = 4;
 /// The `wait` of a probe: an unchanged service returns after this, a changed one at once.
 const PROBE_WAIT: Duration = Duration::from_millis(10);
 
@@ -138,6 +140,7 @@ struct Feed {
     fetched: BTreeMap<String, Fetched>,
     dirty: BTreeMap<String, Fetch>,
     queries: Option<Arc<[PreparedQuery]>>,
+    queries_index: u64,
     queries_forbidden_logged: bool,
     streak: Streak,
     backoff: Backoff,
@@ -204,13 +207,23 @@ pub fn spawn_with_token(
                 cert_file: config.cert_file.clone(),
                 key_file: config.key_file.clone(),
             };
-            let client = Client::new(url, token, config.max_connections, &tls)?;
+            // The three long polls hold three permits for up to `wait`; with fewer than four,
+            // service fetches would starve until a poll returns.
+            let max_connections = config.max_connections.max(MIN_CONNECTIONS);
+            if max_connections != config.max_connections {
+                tracing::warn!(
+                    configured = config.max_connections,
+                    used = max_connections,
+                    "consul.max_connections raised to the minimum the feed needs"
+                );
+            }
+            let client = Client::new(url, token, max_connections, &tls)?;
             let settings = Settings {
                 datacenter: config.datacenter.clone(),
                 node_name: config.node_name.clone(),
                 wait: config.wait,
                 query_poll_interval: config.query_poll_interval,
-                max_connections: config.max_connections.max(1),
+                max_connections,
             };
             tokio::spawn(run(client, settings, tx).instrument(tracing::info_span!("consul.watch")))
         }
@@ -337,6 +350,7 @@ impl Feed {
             fetched: BTreeMap::new(),
             dirty: BTreeMap::new(),
             queries: None,
+            queries_index: 0,
             queries_forbidden_logged: false,
             streak: Streak::new("/v1/health/service"),
             backoff: Backoff::default(),
@@ -400,11 +414,11 @@ impl Feed {
             if self.tx.is_closed() {
                 return;
             }
-            if retry_at.is_none() {
-                if let Err(e) = self.step().await {
-                    self.streak.fail(&e);
-                    retry_at = Some(Instant::now() + self.backoff.next_delay(&e));
-                }
+            if retry_at.is_none()
+                && let Err(e) = self.step().await
+            {
+                self.streak.fail(&e);
+                retry_at = Some(Instant::now() + self.backoff.next_delay(&e));
             }
         }
     }
@@ -460,13 +474,14 @@ impl Feed {
                 self.dirty.insert(name.clone(), Fetch::Now);
             }
         }
-        if let Some((_, old_index)) = old {
-            if !explained && old_index != index {
-                // The index moved but the names and tags did not: an instance was registered or
-                // removed somewhere. Probe every service; unchanged ones return after PROBE_WAIT.
-                for name in self.fetched.keys() {
-                    self.dirty.entry(name.clone()).or_insert(Fetch::Probe);
-                }
+        if let Some((_, old_index)) = old
+            && !explained
+            && old_index != index
+        {
+            // The index moved but the names and tags did not: an instance was registered or
+            // removed somewhere. Probe every service; unchanged ones return after PROBE_WAIT.
+            for name in self.fetched.keys() {
+                self.dirty.entry(name.clone()).or_insert(Fetch::Probe);
             }
         }
         self.services = Some((services, index));
@@ -610,8 +625,9 @@ impl Feed {
             .get_json::<Vec<PreparedQuery>>("/v1/query", Blocking::default())
             .await
         {
-            Ok((queries, _)) => {
+            Ok((queries, meta)) => {
                 self.queries = Some(queries.into());
+                self.queries_index = meta.index;
                 Ok(())
             }
             Err(e) if e.is_forbidden() => {
@@ -661,7 +677,10 @@ impl Feed {
         if !self.dirty.is_empty() {
             return None;
         }
-        let mut index = (*services_index).max(*checks_index).max(*nodes_index);
+        let mut index = (*services_index)
+            .max(*checks_index)
+            .max(*nodes_index)
+            .max(self.queries_index);
         let mut map = BTreeMap::new();
         for name in services.keys() {
             let fetched = self.fetched.get(name)?;
@@ -798,4 +817,5 @@ fn backoff_delay(failures: u32, slow_down: bool, permille: u64) -> Duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;

@@ -1,0 +1,3 @@
+//! Shared test support: fakes for the services signpost talks to.
+
+pub mod fake_consul;
