@@ -142,7 +142,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 dispatcher: Arc::clone(&dispatcher),
                 readiness: Arc::clone(&readiness),
                 srv_data,
-                before_scrape: Box::new(consul::watch::refresh_age_gauge),
+                before_scrape: Box::new(refresh_catalog_age),
             });
             let stop = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
@@ -164,6 +164,15 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         udp_threads,
         tasks,
     })
+}
+
+/// `consul_catalog_age_seconds`, computed at scrape time from the last successful contact with
+/// the agent (or the last read of a `file:` catalog).
+fn refresh_catalog_age() {
+    let age = consul::watch::last_contact()
+        .and_then(|t| t.elapsed().ok())
+        .map_or(f64::NAN, |d| d.as_secs_f64());
+    ::metrics::gauge!(metrics::CONSUL_CATALOG_AGE_SECONDS).set(age);
 }
 
 fn config_arc(config: &Config) -> Arc<Config> {

@@ -1,4 +1,20 @@
-//! The one integration binary; each module tests one part of signpost through its public API.
+//! The one integration binary: each module tests one part of signpost against real sockets on
+//! 127.0.0.1; `support` holds the fakes they run against and the in-process harness.
 
-mod forward;
+// `support` items are `pub` so that every test module can use them; in a test binary nothing
+// is reachable from outside, which is all `unreachable_pub` would report.
+#![allow(unreachable_pub)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
+
+/// The command line: exit codes, messages, the shipped configs, the demo under the real `dig`.
+mod cli;
+/// The Consul feed (`consul::watch`, `consul::file`) against the fake agent.
+mod consul_feed;
+/// DNS over real sockets: `.consul` from the fake agent, other names to a fake upstream.
+mod dns;
+/// The forwarder against scripted fake upstreams.
+mod forward;
+/// `/health`, `/ready`, `/metrics`, `/v1/catalog`.
+mod http;

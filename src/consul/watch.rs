@@ -1,17 +1,821 @@
-//! The catalog feed (placeholder until the watcher lands).
+//! The catalog feed: keeps an [`Arc<Catalog>`] fresh from the agent with a few blocking queries
+//! and publishes it on a `tokio::sync::watch` channel.
+//!
+//! # Strategy: a connection budget, not one long poll per service
+//!
+//! One long poll per service needs one agent connection per service, which trips the agent's
+//! `http_max_conns_per_client` (200) and is how consul-template ended up with hundreds of
+//! connections (`reference/peers.md` §4b). Instead three loops hold one blocking query each:
+//!
+//! - `/v1/catalog/services`: the set of services (its index moves on registration changes only);
+//! - `/v1/health/state/any`: every check; a change in a service's checks, or in the node checks
+//!   of a node hosting it, marks that service dirty;
+//! - `/v1/catalog/nodes`: nodes for `<node>.node` lookups; a changed node marks its services dirty.
+//!
+//! A builder task turns their results into bounded fan-out fetches of `/v1/health/service/<name>`
+//! for the dirty services only. When `/v1/catalog/services` moved and nothing says which service
+//! changed (an instance registered without checks), every known service is probed with a
+//! *blocking* request at its last index and a very short wait, so unchanged ones cost little.
+//! Every request goes through [`Client`], whose semaphore bounds requests in flight to
+//! `max_connections` whatever the number of services.
+//!
+//! # Publishing
+//!
+//! A catalog is published only when it is complete: after the three loops answered once, every
+//! service was fetched and prepared queries were loaded (or refused with 403). A failed fetch
+//! leaves its services dirty and nothing is published until they are fetched, so no half-updated
+//! catalog is ever seen; the last good catalog stays published through any error. A catalog
+//! whose content equals the published one is not published again.
+//!
+//! # Freshness
+//!
+//! [`last_contact`] (a process-wide static, see [`super::client`]) is the time of the last
+//! successful answer from the agent; the HTTP layer derives `consul_catalog_age_seconds` from it.
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::ConsulConfig;
-use crate::consul::Catalog;
+use rand::Rng;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tracing::Instrument;
 
-pub type CatalogRx = tokio::sync::watch::Receiver<Option<Arc<Catalog>>>;
+use super::catalog::{self, Catalog, Check, Health, HealthEntry, Node, PreparedQuery};
+use super::client::{Blocking, Client, ConsulError, Meta, TlsFiles, encode_segment};
+use crate::config::{ConsulConfig, ConsulSource};
+use crate::metrics::{CONSUL_INSTANCES, CONSUL_SERVICES, CONSUL_WATCH_ERRORS_TOTAL};
 
-pub fn spawn(
-    _config: &ConsulConfig,
-) -> Result<(CatalogRx, tokio::task::JoinHandle<()>), crate::consul::client::ConsulError> {
-    let (tx, rx) = tokio::sync::watch::channel(None);
-    Ok((rx, tokio::spawn(async move { tx.closed().await })))
+pub use super::client::last_contact;
+
+/// The published catalog: `None` until the first complete catalog.
+pub type CatalogRx = watch::Receiver<Option<Arc<Catalog>>>;
+
+/// The sending half, shared with the `file:` source.
+pub(crate) type CatalogTx = watch::Sender<Option<Arc<Catalog>>>;
+
+/// Least time between two iterations of a blocking loop, so that a loop can never spin even
+/// when the agent answers at once (consul-template `watch/view.go` waits 100 ms too).
+const MIN_GAP: Duration = Duration::from_millis(100);
+/// Up to this much is added to [`MIN_GAP`] so that loops do not move in lock step.
+const GAP_JITTER_MS: u64 = 20;
+/// First delay after an error; doubles per consecutive error up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A 429 means "slow down": never retry sooner than this.
+const SLOW_DOWN_MIN: Duration = Duration::from_secs(2);
+/// Fewest connections the feed works with: the three long polls plus one for fetches.
+pub const MIN_CONNECTIONS: usize = 4;
+/// The `wait` of a probe: an unchanged service returns after this, a changed one at once.
+const PROBE_WAIT: Duration = Duration::from_millis(10);
+
+/// What the three loops tell the builder.
+#[derive(Debug)]
+enum Event {
+    Services(BTreeMap<String, Vec<String>>, u64),
+    Checks(Vec<Check>, u64),
+    Nodes(Vec<Node>, u64),
 }
 
-/// Placeholder.
-pub fn refresh_age_gauge() {}
+/// What the index of a blocking response means for the loop (`reference/consul-dns.md` §7.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// The index moved forwards (or this is the first answer): the body may be new.
+    Changed,
+    /// Same index back: the wait timed out (or an idempotent write); nothing to rebuild.
+    Unchanged,
+    /// The index went backwards (snapshot restore, a stale read from a lagging server,
+    /// consul#7939): start over from 0.
+    Reset,
+}
+
+/// How a dirty service is fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fetch {
+    /// Known to have changed: a plain read.
+    Now,
+    /// Might have changed: a blocking read at its last index with [`PROBE_WAIT`].
+    Probe,
+}
+
+/// Settings of one agent watch.
+#[derive(Clone, Debug)]
+struct Settings {
+    datacenter: Option<String>,
+    node_name: Option<String>,
+    wait: Duration,
+    query_poll_interval: Duration,
+    max_connections: usize,
+}
+
+/// One service's last fetch.
+#[derive(Clone, Debug)]
+struct Fetched {
+    index: u64,
+    entries: Arc<[HealthEntry]>,
+}
+
+/// Check states, for telling which services a `/v1/health/state/any` change touches.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CheckPrints {
+    /// Service name → (node, check ID, service ID, status) of its service checks.
+    services: BTreeMap<String, Vec<(String, String, String, String)>>,
+    /// Node → (check ID, status) of its node checks.
+    nodes: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// The builder: everything known so far, and what still has to be fetched.
+struct Feed {
+    client: Client,
+    settings: Settings,
+    tx: CatalogTx,
+    datacenter: String,
+    node_name: String,
+    services: Option<(BTreeMap<String, Vec<String>>, u64)>,
+    checks: Option<(CheckPrints, u64)>,
+    nodes: Option<(BTreeMap<String, Node>, u64)>,
+    fetched: BTreeMap<String, Fetched>,
+    dirty: BTreeMap<String, Fetch>,
+    queries: Option<Arc<[PreparedQuery]>>,
+    queries_index: u64,
+    queries_forbidden_logged: bool,
+    streak: Streak,
+    backoff: Backoff,
+}
+
+/// Logs an error streak once (warn) and its end once (info); counts every error.
+#[derive(Debug)]
+struct Streak {
+    what: &'static str,
+    failing: bool,
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+#[derive(Deserialize)]
+struct AgentSelf {
+    #[serde(rename = "Config")]
+    config: AgentConfig,
+}
+
+#[derive(Deserialize)]
+struct AgentConfig {
+    #[serde(rename = "Datacenter", default)]
+    datacenter: String,
+    #[serde(rename = "NodeName", default)]
+    node_name: String,
+}
+
+/// Start the catalog feed for `config.address` on the current tokio runtime. The token is read
+/// from `consul.token_file` when set.
+pub fn spawn(config: &ConsulConfig) -> Result<(CatalogRx, JoinHandle<()>), ConsulError> {
+    let token = match &config.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| ConsulError::Setup(format!("{}: {e}", path.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    spawn_with_token(config, token)
+}
+
+/// Like [`spawn`] with the token given (e.g. from `CONSUL_HTTP_TOKEN`); `token_file` is ignored.
+pub fn spawn_with_token(
+    config: &ConsulConfig,
+    token: Option<String>,
+) -> Result<(CatalogRx, JoinHandle<()>), ConsulError> {
+    let (tx, rx) = watch::channel(None);
+    let handle = match &config.address {
+        ConsulSource::File(path) => super::file::spawn(
+            path.clone(),
+            config.datacenter.clone(),
+            config.node_name.clone(),
+            tx,
+        )?,
+        ConsulSource::Agent(url) => {
+            let tls = TlsFiles {
+                ca_file: config.ca_file.clone(),
+                cert_file: config.cert_file.clone(),
+                key_file: config.key_file.clone(),
+            };
+            // The three long polls hold three permits for up to `wait`; with fewer than four,
+            // service fetches would starve until a poll returns.
+            let max_connections = config.max_connections.max(MIN_CONNECTIONS);
+            if max_connections != config.max_connections {
+                tracing::warn!(
+                    configured = config.max_connections,
+                    used = max_connections,
+                    "consul.max_connections raised to the minimum the feed needs"
+                );
+            }
+            let client = Client::new(url, token, max_connections, &tls)?;
+            let settings = Settings {
+                datacenter: config.datacenter.clone(),
+                node_name: config.node_name.clone(),
+                wait: config.wait,
+                query_poll_interval: config.query_poll_interval,
+                max_connections,
+            };
+            tokio::spawn(run(client, settings, tx).instrument(tracing::info_span!("consul.watch")))
+        }
+    };
+    Ok((rx, handle))
+}
+
+/// The agent feed: start the three loops, then build and publish until the receivers are gone.
+async fn run(client: Client, settings: Settings, tx: CatalogTx) {
+    let (events_tx, events) = mpsc::channel(16);
+    let mut loops = JoinSet::new();
+    let wait = settings.wait;
+    loops.spawn(blocking_loop(
+        client.clone(),
+        "/v1/catalog/services",
+        wait,
+        events_tx.clone(),
+        Event::Services,
+    ));
+    loops.spawn(blocking_loop(
+        client.clone(),
+        "/v1/health/state/any",
+        wait,
+        events_tx.clone(),
+        Event::Checks,
+    ));
+    loops.spawn(blocking_loop(
+        client.clone(),
+        "/v1/catalog/nodes",
+        wait,
+        events_tx,
+        Event::Nodes,
+    ));
+    let mut feed = Feed::new(client, settings, tx);
+    feed.resolve_agent().await;
+    feed.run(events).await;
+    // Dropping the JoinSet aborts the loops.
+}
+
+/// One blocking query held in a loop, following the index rules; sends every change to the
+/// builder. Returns when the builder is gone.
+async fn blocking_loop<T: DeserializeOwned + Send>(
+    client: Client,
+    path: &'static str,
+    wait: Duration,
+    events: mpsc::Sender<Event>,
+    wrap: fn(T, u64) -> Event,
+) {
+    let mut index = 0;
+    let mut streak = Streak::new(path);
+    let mut backoff = Backoff::default();
+    loop {
+        let started = Instant::now();
+        match client.get_json::<T>(path, Blocking { index, wait }).await {
+            Ok((body, meta)) => {
+                streak.ok();
+                backoff.reset();
+                let (step, next) = next_index(index, meta.index);
+                index = next;
+                match step {
+                    Step::Changed => {
+                        if events.send(wrap(body, index)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Step::Unchanged => {}
+                    Step::Reset => {
+                        metrics::counter!(CONSUL_WATCH_ERRORS_TOTAL, "reason" => "index_reset")
+                            .increment(1);
+                        tracing::debug!(path, got = meta.index, "index went backwards; reset");
+                    }
+                }
+                let gap = min_gap(rand::rng().random_range(0..=1000));
+                tokio::time::sleep_until(started + gap).await;
+            }
+            Err(e) => {
+                streak.fail(&e);
+                tokio::time::sleep(backoff.next_delay(&e)).await;
+            }
+        }
+        if events.is_closed() {
+            return;
+        }
+    }
+}
+
+/// The index rules of `reference/consul-dns.md` §7.4, returning what the answer means and the
+/// index to send next.
+fn next_index(prev: u64, got: u64) -> (Step, u64) {
+    // An index below 1 is treated as 1: sending 0 would turn the next request into a
+    // non-blocking read and the loop would spin.
+    let got = got.max(1);
+    if prev == 0 {
+        (Step::Changed, got)
+    } else if got == prev {
+        (Step::Unchanged, got)
+    } else if got < prev {
+        // Reset to 0: the next request returns at once with the current data and index,
+        // which is then taken as a change.
+        (Step::Reset, 0)
+    } else {
+        (Step::Changed, got)
+    }
+}
+
+/// [`MIN_GAP`] plus a jitter in `0..=GAP_JITTER_MS` scaled by `permille`.
+fn min_gap(permille: u64) -> Duration {
+    MIN_GAP + Duration::from_millis(GAP_JITTER_MS * permille.min(1000) / 1000)
+}
+
+// === impl Feed ===
+
+impl Feed {
+    fn new(client: Client, settings: Settings, tx: CatalogTx) -> Feed {
+        Feed {
+            client,
+            datacenter: settings.datacenter.clone().unwrap_or_default(),
+            node_name: settings.node_name.clone().unwrap_or_default(),
+            settings,
+            tx,
+            services: None,
+            checks: None,
+            nodes: None,
+            fetched: BTreeMap::new(),
+            dirty: BTreeMap::new(),
+            queries: None,
+            queries_index: 0,
+            queries_forbidden_logged: false,
+            streak: Streak::new("/v1/health/service"),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Learn the datacenter and node name from `/v1/agent/self` unless both are configured;
+    /// retries with backoff until the agent answers.
+    async fn resolve_agent(&mut self) {
+        if self.settings.datacenter.is_some() && self.settings.node_name.is_some() {
+            return;
+        }
+        let mut streak = Streak::new("/v1/agent/self");
+        let mut backoff = Backoff::default();
+        loop {
+            match self
+                .client
+                .get_json::<AgentSelf>("/v1/agent/self", Blocking::default())
+                .await
+            {
+                Ok((agent, _)) => {
+                    streak.ok();
+                    if self.settings.datacenter.is_none() {
+                        self.datacenter = agent.config.datacenter.to_lowercase();
+                    }
+                    if self.settings.node_name.is_none() {
+                        self.node_name = agent.config.node_name;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    streak.fail(&e);
+                    tokio::time::sleep(backoff.next_delay(&e)).await;
+                }
+            }
+        }
+    }
+
+    async fn run(&mut self, mut events: mpsc::Receiver<Event>) {
+        let mut query_tick = tokio::time::interval(self.settings.query_poll_interval);
+        query_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            let retry = retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.apply(ev),
+                    None => return,
+                },
+                _ = query_tick.tick(), if self.queries.is_some() => {
+                    if let Err(e) = self.poll_queries().await {
+                        record_error(&e);
+                        tracing::debug!(error = %e, "prepared query poll failed");
+                    }
+                }
+                _ = tokio::time::sleep_until(retry), if retry_at.is_some() => retry_at = None,
+            }
+            while let Ok(ev) = events.try_recv() {
+                self.apply(ev);
+            }
+            if self.tx.is_closed() {
+                return;
+            }
+            if retry_at.is_none()
+                && let Err(e) = self.step().await
+            {
+                self.streak.fail(&e);
+                retry_at = Some(Instant::now() + self.backoff.next_delay(&e));
+            }
+        }
+    }
+
+    /// Fetch what is dirty, load queries if never loaded, publish if complete.
+    async fn step(&mut self) -> Result<(), ConsulError> {
+        if !self.loops_answered() {
+            return Ok(());
+        }
+        if !self.dirty.is_empty() {
+            self.fetch_dirty().await?;
+        }
+        if self.queries.is_none() {
+            self.poll_queries().await?;
+        }
+        self.streak.ok();
+        self.backoff.reset();
+        if self.publish() {
+            // Prepared queries cannot be watched: re-read them after every catalog change.
+            match self.poll_queries().await {
+                Ok(()) => {
+                    self.publish();
+                }
+                Err(e) => record_error(&e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Services are fetched only once the three loops answered, so that any later check or
+    /// node change arrives as an event after the fetch saw the earlier state.
+    fn loops_answered(&self) -> bool {
+        self.services.is_some() && self.checks.is_some() && self.nodes.is_some()
+    }
+
+    fn apply(&mut self, ev: Event) {
+        match ev {
+            Event::Services(services, index) => self.apply_services(services, index),
+            Event::Checks(checks, index) => self.apply_checks(&checks, index),
+            Event::Nodes(nodes, index) => self.apply_nodes(nodes, index),
+        }
+    }
+
+    fn apply_services(&mut self, services: BTreeMap<String, Vec<String>>, index: u64) {
+        let old = self.services.take();
+        self.fetched.retain(|name, _| services.contains_key(name));
+        self.dirty.retain(|name, _| services.contains_key(name));
+        let mut explained = old.as_ref().is_some_and(|(o, _)| o.len() != services.len());
+        for (name, tags) in &services {
+            let known = old.as_ref().and_then(|(o, _)| o.get(name));
+            if known != Some(tags) || !self.fetched.contains_key(name) {
+                explained = true;
+                self.dirty.insert(name.clone(), Fetch::Now);
+            }
+        }
+        if let Some((_, old_index)) = old
+            && !explained
+            && old_index != index
+        {
+            // The index moved but the names and tags did not: an instance was registered or
+            // removed somewhere. Probe every service; unchanged ones return after PROBE_WAIT.
+            for name in self.fetched.keys() {
+                self.dirty.entry(name.clone()).or_insert(Fetch::Probe);
+            }
+        }
+        self.services = Some((services, index));
+    }
+
+    fn apply_checks(&mut self, checks: &[Check], index: u64) {
+        let prints = CheckPrints::new(checks);
+        if let Some((old, _)) = &self.checks {
+            let mut touched: BTreeSet<String> = BTreeSet::new();
+            for name in old.services.keys().chain(prints.services.keys()) {
+                if old.services.get(name) != prints.services.get(name) {
+                    touched.insert(name.clone());
+                }
+            }
+            let nodes: BTreeSet<&str> = old
+                .nodes
+                .keys()
+                .chain(prints.nodes.keys())
+                .filter(|n| old.nodes.get(*n) != prints.nodes.get(*n))
+                .map(String::as_str)
+                .collect();
+            touched.extend(self.services_on(&nodes));
+            self.mark_dirty(touched);
+        }
+        self.checks = Some((prints, index));
+    }
+
+    fn apply_nodes(&mut self, nodes: Vec<Node>, index: u64) {
+        let nodes: BTreeMap<String, Node> =
+            nodes.into_iter().map(|n| (n.node.clone(), n)).collect();
+        if let Some((old, _)) = &self.nodes {
+            let changed: BTreeSet<&str> = old
+                .keys()
+                .chain(nodes.keys())
+                .filter(|n| old.get(*n) != nodes.get(*n))
+                .map(String::as_str)
+                .collect();
+            let touched = self.services_on(&changed);
+            self.mark_dirty(touched);
+        }
+        self.nodes = Some((nodes, index));
+    }
+
+    /// Names of the fetched services with an instance on one of `nodes`.
+    fn services_on(&self, nodes: &BTreeSet<&str>) -> BTreeSet<String> {
+        if nodes.is_empty() {
+            return BTreeSet::new();
+        }
+        self.fetched
+            .iter()
+            .filter(|(_, f)| {
+                f.entries
+                    .iter()
+                    .any(|e| nodes.contains(e.node.node.as_str()))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    fn mark_dirty(&mut self, names: BTreeSet<String>) {
+        for name in names {
+            // A service the catalog does not list (yet) comes with the next services event.
+            let listed = self
+                .services
+                .as_ref()
+                .is_some_and(|(s, _)| s.contains_key(&name));
+            if listed {
+                self.dirty.insert(name, Fetch::Now);
+            }
+        }
+    }
+
+    /// Fetch every dirty service, at most `max_connections` at a time. Services fetched are
+    /// stored and leave the dirty set; on any error the rest stay dirty and the first error is
+    /// returned, so nothing is published until all of them are in.
+    async fn fetch_dirty(&mut self) -> Result<(), ConsulError> {
+        let mut todo: Vec<(String, Blocking)> = self
+            .dirty
+            .iter()
+            .map(|(name, how)| {
+                let query = match how {
+                    Fetch::Now => Blocking::default(),
+                    Fetch::Probe => Blocking {
+                        index: self.fetched.get(name).map_or(0, |f| f.index),
+                        wait: PROBE_WAIT,
+                    },
+                };
+                (name.clone(), query)
+            })
+            .collect();
+        let mut tasks = JoinSet::new();
+        let mut first_error = None;
+        loop {
+            while tasks.len() < self.settings.max_connections {
+                let Some((name, query)) = todo.pop() else {
+                    break;
+                };
+                let client = self.client.clone();
+                tasks.spawn(async move {
+                    let path = format!("/v1/health/service/{}", encode_segment(&name));
+                    let result = client.get_json::<Vec<HealthEntry>>(&path, query).await;
+                    (name, query, result)
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let Ok((name, query, result)) = joined else {
+                continue;
+            };
+            match result {
+                Ok((entries, meta)) => self.store(name, query, entries, meta),
+                Err(e) => {
+                    tracing::debug!(service = %name, error = %e, "fetch failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn store(&mut self, name: String, query: Blocking, mut entries: Vec<HealthEntry>, meta: Meta) {
+        self.dirty.remove(&name);
+        let (step, _) = next_index(query.index, meta.index);
+        if step == Step::Unchanged && self.fetched.contains_key(&name) {
+            return;
+        }
+        catalog::sort_entries(&mut entries);
+        let fetched = Fetched {
+            index: meta.index.max(1),
+            entries: entries.into(),
+        };
+        self.fetched.insert(name, fetched);
+    }
+
+    /// Read prepared query definitions. A 403 (the token lacks `query:read`) is logged once and
+    /// means "no queries", so that it does not hold readiness back.
+    async fn poll_queries(&mut self) -> Result<(), ConsulError> {
+        match self
+            .client
+            .get_json::<Vec<PreparedQuery>>("/v1/query", Blocking::default())
+            .await
+        {
+            Ok((queries, meta)) => {
+                self.queries = Some(queries.into());
+                self.queries_index = meta.index;
+                Ok(())
+            }
+            Err(e) if e.is_forbidden() => {
+                if !self.queries_forbidden_logged {
+                    self.queries_forbidden_logged = true;
+                    tracing::warn!(error = %e, "cannot read prepared queries; serving none");
+                }
+                if self.queries.is_none() {
+                    self.queries = Some(Arc::from(Vec::new()));
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Publish the catalog if it is complete and differs from the published one. Returns
+    /// whether something was published.
+    fn publish(&mut self) -> bool {
+        let Some(next) = self.build() else {
+            return false;
+        };
+        let same = self
+            .tx
+            .borrow()
+            .as_deref()
+            .is_some_and(|c| same_content(c, &next));
+        if same {
+            return false;
+        }
+        set_gauges(&next);
+        tracing::debug!(
+            index = next.index,
+            services = next.services.len(),
+            "catalog published"
+        );
+        self.tx.send_replace(Some(Arc::new(next)));
+        true
+    }
+
+    /// The catalog from what is known, or `None` while anything is missing.
+    fn build(&self) -> Option<Catalog> {
+        let (services, services_index) = self.services.as_ref()?;
+        let (_, checks_index) = self.checks.as_ref()?;
+        let (nodes, nodes_index) = self.nodes.as_ref()?;
+        let queries = self.queries.clone()?;
+        if !self.dirty.is_empty() {
+            return None;
+        }
+        let mut index = (*services_index)
+            .max(*checks_index)
+            .max(*nodes_index)
+            .max(self.queries_index);
+        let mut map = BTreeMap::new();
+        for name in services.keys() {
+            let fetched = self.fetched.get(name)?;
+            index = index.max(fetched.index);
+            map.insert(name.clone(), fetched.entries.clone());
+        }
+        let mut catalog = Catalog {
+            datacenter: self.datacenter.clone(),
+            node_name: self.node_name.clone(),
+            index,
+            services: map,
+            nodes: nodes.clone(),
+            queries,
+        };
+        catalog.index_nodes_from_services();
+        Some(catalog)
+    }
+}
+
+fn same_content(a: &Catalog, b: &Catalog) -> bool {
+    a.datacenter == b.datacenter
+        && a.node_name == b.node_name
+        && a.services == b.services
+        && a.nodes == b.nodes
+        && a.queries == b.queries
+}
+
+fn set_gauges(catalog: &Catalog) {
+    metrics::gauge!(CONSUL_SERVICES).set(catalog.services.len() as f64);
+    for (health, count) in catalog.instance_counts() {
+        let state = match health {
+            Health::Passing => "passing",
+            Health::Warning => "warning",
+            Health::Critical => "critical",
+        };
+        metrics::gauge!(CONSUL_INSTANCES, "state" => state).set(count as f64);
+    }
+}
+
+fn record_error(e: &ConsulError) {
+    metrics::counter!(CONSUL_WATCH_ERRORS_TOTAL, "reason" => e.reason()).increment(1);
+}
+
+// === impl CheckPrints ===
+
+impl CheckPrints {
+    fn new(checks: &[Check]) -> CheckPrints {
+        let mut prints = CheckPrints::default();
+        for c in checks {
+            if c.service_id.is_empty() {
+                prints
+                    .nodes
+                    .entry(c.node.clone())
+                    .or_default()
+                    .push((c.check_id.clone(), c.status.clone()));
+            } else {
+                prints
+                    .services
+                    .entry(c.service_name.clone())
+                    .or_default()
+                    .push((
+                        c.node.clone(),
+                        c.check_id.clone(),
+                        c.service_id.clone(),
+                        c.status.clone(),
+                    ));
+            }
+        }
+        prints.services.values_mut().for_each(|v| v.sort());
+        prints.nodes.values_mut().for_each(|v| v.sort());
+        prints
+    }
+}
+
+// === impl Streak ===
+
+impl Streak {
+    fn new(what: &'static str) -> Streak {
+        Streak {
+            what,
+            failing: false,
+        }
+    }
+
+    /// Count the error; warn only on the first of a streak so that an agent outage logs one
+    /// line per loop, not one per retry.
+    fn fail(&mut self, e: &ConsulError) {
+        record_error(e);
+        if self.failing {
+            tracing::debug!(what = self.what, reason = e.reason(), error = %e, "consul still failing");
+        } else {
+            self.failing = true;
+            tracing::warn!(what = self.what, reason = e.reason(), error = %e,
+                "consul request failed; serving the last catalog");
+        }
+    }
+
+    fn ok(&mut self) {
+        if self.failing {
+            self.failing = false;
+            tracing::info!(what = self.what, "consul requests recovered");
+        }
+    }
+}
+
+// === impl Backoff ===
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    fn next_delay(&mut self, e: &ConsulError) -> Duration {
+        let delay = backoff_delay(
+            self.failures,
+            e.is_too_many_requests(),
+            rand::rng().random_range(0..=1000),
+        );
+        self.failures = self.failures.saturating_add(1);
+        delay
+    }
+}
+
+/// `BACKOFF_START` doubled per earlier failure, capped at `BACKOFF_MAX`, then "equal jitter":
+/// half fixed, half scaled by `permille`. A 429 never waits less than `SLOW_DOWN_MIN`.
+fn backoff_delay(failures: u32, slow_down: bool, permille: u64) -> Duration {
+    let exp = BACKOFF_START.saturating_mul(1u32 << failures.min(16));
+    let mut base = exp.min(BACKOFF_MAX);
+    if slow_down {
+        base = base.max(SLOW_DOWN_MIN);
+    }
+    let half = base / 2;
+    half + half.mul_f64(permille.min(1000) as f64 / 1000.0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;

@@ -1,3 +1,6 @@
-//! Shared test support: fakes of the things signpost talks to.
+//! Shared test support: fakes for the services signpost talks to, and the harness that starts
+//! signpost in-process.
 
+pub mod fake_consul;
 pub(crate) mod fake_upstream;
+pub(crate) mod signpost;

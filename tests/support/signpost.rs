@@ -1,7 +1,6 @@
 //! Start signpost in-process on loopback ports chosen by the kernel, and talk to it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ pub(crate) struct Signpost {
     running: Option<Running>,
     pub(crate) dns: SocketAddr,
     pub(crate) http: SocketAddr,
-    pub(crate) dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 /// How a test query travels.
@@ -52,12 +51,8 @@ impl Signpost {
             dns: running.dns_addrs[0],
             http: running.http_addr.expect("http enabled"),
             running: Some(running),
-            dir,
+            _dir: dir,
         }
-    }
-
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
     }
 
     /// Wait (at most 10 s) until `/ready` answers 200.

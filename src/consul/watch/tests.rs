@@ -1,0 +1,211 @@
+use super::*;
+use crate::consul::catalog::Service;
+
+fn feed() -> Feed {
+    let client = Client::new("http://127.0.0.1:1", None, 2, &TlsFiles::default()).unwrap();
+    let settings = Settings {
+        datacenter: Some("dc1".into()),
+        node_name: Some("me".into()),
+        wait: Duration::from_secs(1),
+        query_poll_interval: Duration::from_secs(30),
+        max_connections: 2,
+    };
+    let (tx, _rx) = watch::channel(None);
+    Feed::new(client, settings, tx)
+}
+
+fn check(node: &str, service: &str, status: &str) -> Check {
+    Check {
+        node: node.into(),
+        check_id: if service.is_empty() {
+            "serfHealth".into()
+        } else {
+            format!("service:{service}")
+        },
+        status: status.into(),
+        service_id: service.into(),
+        service_name: service.into(),
+        ..Check::default()
+    }
+}
+
+fn entry(node: &str, service: &str) -> HealthEntry {
+    HealthEntry {
+        node: Node {
+            node: node.into(),
+            ..Node::default()
+        },
+        service: Service {
+            id: service.into(),
+            service: service.into(),
+            ..Service::default()
+        },
+        checks: vec![],
+    }
+}
+
+fn services(names: &[&str]) -> BTreeMap<String, Vec<String>> {
+    names.iter().map(|n| (n.to_string(), vec![])).collect()
+}
+
+/// A feed that has seen `web` on n1 and `db` on n2, all fetched and nothing dirty.
+fn settled() -> Feed {
+    let mut f = feed();
+    f.apply(Event::Services(services(&["web", "db"]), 5));
+    f.apply(Event::Checks(
+        vec![check("n1", "web", "passing"), check("n2", "db", "passing")],
+        5,
+    ));
+    f.apply(Event::Nodes(vec![], 5));
+    for (name, node) in [("web", "n1"), ("db", "n2")] {
+        let q = Blocking::default();
+        let meta = Meta {
+            index: 5,
+            ..Meta::default()
+        };
+        f.store(name.into(), q, vec![entry(node, name)], meta);
+    }
+    f.queries = Some(Arc::from(Vec::new()));
+    assert!(f.dirty.is_empty());
+    f
+}
+
+/// The first answer is always a change, whatever its index.
+#[test]
+fn first_answer_is_a_change() {
+    assert_eq!(next_index(0, 42), (Step::Changed, 42));
+}
+
+/// Same index back means the wait timed out: continue at the same index without rebuilding.
+#[test]
+fn same_index_is_a_timeout() {
+    assert_eq!(next_index(42, 42), (Step::Unchanged, 42));
+}
+
+/// A higher index is a change and becomes the next index.
+#[test]
+fn higher_index_is_a_change() {
+    assert_eq!(next_index(42, 43), (Step::Changed, 43));
+}
+
+/// An index that went backwards resets the loop to 0 (`reference/consul-dns.md` §7.4).
+#[test]
+fn backwards_index_resets_to_zero() {
+    assert_eq!(next_index(42, 7), (Step::Reset, 0));
+}
+
+/// An index below 1 counts as 1, so the next request still blocks instead of spinning.
+#[test]
+fn index_below_one_counts_as_one() {
+    assert_eq!(next_index(0, 0), (Step::Changed, 1));
+    assert_eq!(next_index(1, 0), (Step::Unchanged, 1));
+}
+
+/// Loops wait at least 100 ms between iterations, with at most 20 ms of jitter.
+#[test]
+fn minimum_gap_between_iterations() {
+    assert_eq!(min_gap(0), Duration::from_millis(100));
+    assert_eq!(min_gap(1000), Duration::from_millis(120));
+    assert_eq!(min_gap(5000), Duration::from_millis(120));
+}
+
+/// Backoff doubles from 250 ms, is capped at 30 s, and a 429 waits at least 2 s.
+#[test]
+fn backoff_doubles_caps_and_slows_down() {
+    assert_eq!(backoff_delay(0, false, 1000), Duration::from_millis(250));
+    assert_eq!(backoff_delay(0, false, 0), Duration::from_millis(125));
+    assert_eq!(backoff_delay(1, false, 1000), Duration::from_millis(500));
+    assert_eq!(backoff_delay(30, false, 1000), BACKOFF_MAX);
+    assert_eq!(backoff_delay(0, true, 1000), SLOW_DOWN_MIN);
+}
+
+/// Nothing is fetched before the three loops answered, and nothing is published before every
+/// service was fetched and queries were loaded.
+#[test]
+fn publishes_only_complete_catalogs() {
+    let mut f = feed();
+    f.apply(Event::Services(services(&["web"]), 3));
+    assert!(!f.loops_answered());
+    f.apply(Event::Checks(vec![], 3));
+    f.apply(Event::Nodes(vec![], 3));
+    assert!(f.loops_answered());
+    assert!(f.build().is_none(), "web not fetched yet");
+    let meta = Meta {
+        index: 4,
+        ..Meta::default()
+    };
+    f.store(
+        "web".into(),
+        Blocking::default(),
+        vec![entry("n1", "web")],
+        meta,
+    );
+    assert!(f.build().is_none(), "queries not loaded yet");
+    f.queries = Some(Arc::from(Vec::new()));
+    let c = f.build().unwrap();
+    assert_eq!(c.index, 4);
+    assert!(c.nodes.contains_key("n1"));
+    assert!(f.publish());
+    assert!(!f.publish(), "same content is not published twice");
+}
+
+/// A service check change marks only that service dirty.
+#[test]
+fn service_check_change_marks_service() {
+    let mut f = settled();
+    f.apply(Event::Checks(
+        vec![check("n1", "web", "critical"), check("n2", "db", "passing")],
+        6,
+    ));
+    assert_eq!(f.dirty.keys().collect::<Vec<_>>(), ["web"]);
+}
+
+/// A node check change marks the services with an instance on that node.
+#[test]
+fn node_check_change_marks_services_on_node() {
+    let mut f = settled();
+    f.apply(Event::Checks(
+        vec![
+            check("n1", "web", "passing"),
+            check("n2", "db", "passing"),
+            check("n2", "", "critical"),
+        ],
+        6,
+    ));
+    assert_eq!(f.dirty.keys().collect::<Vec<_>>(), ["db"]);
+}
+
+/// A new service is fetched at once; a removed one leaves the catalog.
+#[test]
+fn new_and_removed_services() {
+    let mut f = settled();
+    f.apply(Event::Services(services(&["web", "api"]), 7));
+    assert_eq!(f.dirty.get("api"), Some(&Fetch::Now));
+    assert!(!f.fetched.contains_key("db"));
+    assert_eq!(f.dirty.len(), 1);
+}
+
+/// When the services index moves without a visible reason, every service is probed.
+#[test]
+fn unexplained_services_change_probes_all() {
+    let mut f = settled();
+    f.apply(Event::Services(services(&["web", "db"]), 8));
+    assert_eq!(f.dirty.len(), 2);
+    assert!(f.dirty.values().all(|h| *h == Fetch::Probe));
+}
+
+/// A probe that returns the same index keeps the stored entries.
+#[test]
+fn unchanged_probe_keeps_entries() {
+    let mut f = settled();
+    let q = Blocking {
+        index: 5,
+        wait: PROBE_WAIT,
+    };
+    let meta = Meta {
+        index: 5,
+        ..Meta::default()
+    };
+    f.store("web".into(), q, vec![], meta);
+    assert_eq!(f.fetched["web"].entries.len(), 1);
+}

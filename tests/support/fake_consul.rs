@@ -1,0 +1,812 @@
+//! A fake Consul agent for tests: the HTTP API signpost reads, with real blocking queries,
+//! Consul's headers and index rules, connection counting and fault injection.
+//!
+//! What it mirrors (`reference/consul-dns.md` §7): a global Raft-like index bumped by every
+//! write; per-service indexes (last write touching the service, including node changes and node
+//! checks of nodes hosting it); `/v1/catalog/services` moving on registration changes only;
+//! `/v1/health/state/any` on check changes; `/v1/catalog/nodes` on node changes. A request with
+//! `index=N` is held until the relevant index passes N or `wait` (plus up to wait/16) elapses.
+//! `X-Consul-Index` is never 0.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::Response;
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Consul's default `wait` and its cap (`default_query_time`, `max_query_time`).
+const DEFAULT_WAIT: Duration = Duration::from_secs(300);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+/// A running fake agent on `127.0.0.1:<random port>`; stops when dropped.
+pub struct FakeConsul {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+/// A failure to serve instead of the next matching request.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// An HTTP status with a plain-text body, e.g. `500 No cluster leader`.
+    Status(u16, String),
+    /// `200` with a body that is not JSON.
+    Malformed,
+    /// Never answer (until the client gives up).
+    Hang,
+    /// Send the headers and part of the body, then close the connection.
+    CloseMidBody,
+}
+
+struct Shared {
+    state: Mutex<Catalog>,
+    changed: watch::Sender<u64>,
+    requests: Mutex<BTreeMap<&'static str, u64>>,
+    conns_now: AtomicUsize,
+    conns_max: AtomicUsize,
+    /// Concurrent connections beyond this get a raw 429 and are closed, like the agent's
+    /// `limits.http_max_conns_per_client`; 0 = no limit.
+    conn_limit: AtomicUsize,
+    rejected: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Catalog {
+    index: u64,
+    datacenter: String,
+    node_name: String,
+    nodes: BTreeMap<String, NodeRec>,
+    /// (node, service ID) → instance.
+    instances: BTreeMap<(String, String), Instance>,
+    /// (node, check ID) → check.
+    checks: BTreeMap<(String, String), CheckRec>,
+    service_index: BTreeMap<String, u64>,
+    services_index: u64,
+    health_index: u64,
+    nodes_index: u64,
+    queries: Vec<Value>,
+    queries_index: u64,
+    faults: VecDeque<(Option<&'static str>, Fault)>,
+}
+
+struct NodeRec {
+    address: String,
+    meta: BTreeMap<String, String>,
+    index: u64,
+}
+
+struct Instance {
+    service: String,
+    address: String,
+    port: u16,
+    tags: Vec<String>,
+    index: u64,
+}
+
+struct CheckRec {
+    service_id: String,
+    service_name: String,
+    status: String,
+    index: u64,
+}
+
+/// Query parameters the fake understands.
+#[derive(Default)]
+struct Params {
+    index: u64,
+    wait: Option<Duration>,
+    passing: bool,
+}
+
+/// A listener that counts open connections and rejects those over the limit.
+struct CountingListener {
+    inner: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// A connection that decrements the open count when dropped.
+struct CountedStream {
+    inner: TcpStream,
+    shared: Arc<Shared>,
+}
+
+// === impl FakeConsul ===
+
+impl FakeConsul {
+    /// Start an agent for datacenter `dc1` on node `agent-node`.
+    pub async fn start() -> FakeConsul {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake consul");
+        let addr = listener.local_addr().expect("local addr");
+        let (changed, _) = watch::channel(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Catalog {
+                index: 1,
+                datacenter: "dc1".into(),
+                node_name: "agent-node".into(),
+                ..Catalog::default()
+            }),
+            changed,
+            requests: Mutex::new(BTreeMap::new()),
+            conns_now: AtomicUsize::new(0),
+            conns_max: AtomicUsize::new(0),
+            conn_limit: AtomicUsize::new(0),
+            rejected: AtomicUsize::new(0),
+        });
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let listener = CountingListener {
+            inner: listener,
+            shared: shared.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeConsul { addr, shared, task }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn write(&self, f: impl FnOnce(&mut Catalog, u64)) {
+        let index = {
+            let mut st = self.shared.lock();
+            st.index += 1;
+            let i = st.index;
+            f(&mut st, i);
+            i
+        };
+        self.shared.changed.send_replace(index);
+    }
+
+    /// Register an instance with a passing service check `service:<id>`; the node is created
+    /// (with a passing `serfHealth`) when new. Returns the service ID (`<service>-<port>`).
+    pub fn register(
+        &self,
+        service: &str,
+        node: &str,
+        node_addr: &str,
+        service_addr: &str,
+        port: u16,
+        tags: &[&str],
+    ) -> String {
+        self.register_inner(service, node, node_addr, service_addr, port, tags, true)
+    }
+
+    /// Like [`FakeConsul::register`] without any service check, so that only
+    /// `/v1/catalog/services` moves.
+    pub fn register_unchecked(
+        &self,
+        service: &str,
+        node: &str,
+        node_addr: &str,
+        port: u16,
+    ) -> String {
+        self.register_inner(service, node, node_addr, "", port, &[], false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register_inner(
+        &self,
+        service: &str,
+        node: &str,
+        node_addr: &str,
+        service_addr: &str,
+        port: u16,
+        tags: &[&str],
+        with_check: bool,
+    ) -> String {
+        let id = format!("{service}-{port}");
+        self.write(|st, i| {
+            st.ensure_node(node, node_addr, i);
+            let inst = Instance {
+                service: service.into(),
+                address: service_addr.into(),
+                port,
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                index: i,
+            };
+            st.instances.insert((node.into(), id.clone()), inst);
+            if with_check {
+                let check = CheckRec {
+                    service_id: id.clone(),
+                    service_name: service.into(),
+                    status: "passing".into(),
+                    index: i,
+                };
+                st.checks
+                    .insert((node.into(), format!("service:{id}")), check);
+                st.health_index = i;
+            }
+            st.service_index.insert(service.into(), i);
+            st.services_index = i;
+        });
+        id
+    }
+
+    /// Register many services in one write (one index), one instance each on node `n1`.
+    pub fn register_many(&self, count: usize, port: u16) {
+        self.write(|st, i| {
+            st.ensure_node("n1", "10.0.0.1", i);
+            for k in 0..count {
+                let service = format!("svc{k:05}");
+                let id = format!("{service}-{port}");
+                let inst = Instance {
+                    service: service.clone(),
+                    address: String::new(),
+                    port,
+                    tags: vec![],
+                    index: i,
+                };
+                st.instances.insert(("n1".into(), id.clone()), inst);
+                let check = CheckRec {
+                    service_id: id.clone(),
+                    service_name: service.clone(),
+                    status: "passing".into(),
+                    index: i,
+                };
+                st.checks
+                    .insert(("n1".into(), format!("service:{id}")), check);
+                st.service_index.insert(service, i);
+            }
+            st.health_index = i;
+            st.services_index = i;
+        });
+    }
+
+    /// Remove an instance and its checks.
+    pub fn deregister(&self, node: &str, service_id: &str) {
+        self.write(|st, i| {
+            let Some(inst) = st
+                .instances
+                .remove(&(node.to_string(), service_id.to_string()))
+            else {
+                return;
+            };
+            st.checks
+                .retain(|(n, _), c| !(n == node && c.service_id == service_id));
+            st.service_index.insert(inst.service, i);
+            st.services_index = i;
+            st.health_index = i;
+        });
+    }
+
+    /// Set a check's status: the service check of `service_id`, or the node's `serfHealth`
+    /// when `service_id` is "".
+    pub fn set_check(&self, node: &str, service_id: &str, status: &str) {
+        self.write(|st, i| {
+            let check_id = if service_id.is_empty() {
+                "serfHealth".to_string()
+            } else {
+                format!("service:{service_id}")
+            };
+            if let Some(c) = st.checks.get_mut(&(node.to_string(), check_id)) {
+                c.status = status.into();
+                c.index = i;
+            }
+            st.health_index = i;
+            let touched = if service_id.is_empty() {
+                st.services_on(node)
+            } else {
+                st.instances
+                    .get(&(node.to_string(), service_id.to_string()))
+                    .map(|inst| BTreeSet::from([inst.service.clone()]))
+                    .unwrap_or_default()
+            };
+            for s in touched {
+                st.service_index.insert(s, i);
+            }
+        });
+    }
+
+    /// Set one node meta key.
+    pub fn set_node_meta(&self, node: &str, key: &str, value: &str) {
+        self.write(|st, i| {
+            if let Some(n) = st.nodes.get_mut(node) {
+                n.meta.insert(key.into(), value.into());
+                n.index = i;
+            }
+            st.nodes_index = i;
+            for s in st.services_on(node) {
+                st.service_index.insert(s, i);
+            }
+        });
+    }
+
+    /// Add a prepared query definition (as `GET /v1/query` lists it).
+    pub fn add_query(&self, query: Value) {
+        self.write(|st, i| {
+            st.queries.push(query);
+            st.queries_index = i;
+        });
+    }
+
+    /// Move every index back to `to`, as after a snapshot restore: watchers holding a higher
+    /// index see it go backwards.
+    pub fn reset_index(&self, to: u64) {
+        let to = to.max(1);
+        {
+            let mut st = self.shared.lock();
+            st.index = to;
+            for i in st.service_index.values_mut() {
+                *i = (*i).min(to);
+            }
+            st.services_index = st.services_index.min(to);
+            st.health_index = st.health_index.min(to);
+            st.nodes_index = st.nodes_index.min(to);
+            st.queries_index = st.queries_index.min(to);
+        }
+        self.shared.changed.send_replace(to);
+    }
+
+    /// The current global index.
+    pub fn index(&self) -> u64 {
+        self.shared.lock().index
+    }
+
+    /// Serve `fault` instead of the next request to `endpoint` (see [`FakeConsul::requests`]
+    /// for names), or to any endpoint but `self` when `None`.
+    pub fn inject(&self, endpoint: Option<&'static str>, fault: Fault) {
+        self.shared.lock().faults.push_back((endpoint, fault));
+    }
+
+    /// Faults injected and not served yet.
+    pub fn pending_faults(&self) -> usize {
+        self.shared.lock().faults.len()
+    }
+
+    /// Reject connections beyond `limit` open at once with a raw 429; 0 = no limit.
+    pub fn set_connection_limit(&self, limit: usize) {
+        self.shared.conn_limit.store(limit, Ordering::SeqCst);
+    }
+
+    /// Requests served per endpoint: self, services, health_state, health_service, nodes,
+    /// query, execute, other.
+    pub fn requests(&self, endpoint: &str) -> u64 {
+        let map = self
+            .shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.get(endpoint).copied().unwrap_or(0)
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.conns_now.load(Ordering::SeqCst)
+    }
+
+    /// Most connections open at once since start.
+    pub fn max_connections(&self) -> usize {
+        self.shared.conns_max.load(Ordering::SeqCst)
+    }
+
+    /// Connections rejected with 429 by the connection limit.
+    pub fn rejected_connections(&self) -> usize {
+        self.shared.rejected.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeConsul {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Catalog> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, endpoint: &'static str) {
+        let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(endpoint).or_default() += 1;
+    }
+
+    fn take_fault(&self, endpoint: &'static str) -> Option<Fault> {
+        let mut st = self.lock();
+        let pos = st.faults.iter().position(|(ep, _)| match ep {
+            Some(ep) => *ep == endpoint,
+            None => endpoint != "self",
+        })?;
+        st.faults.remove(pos).map(|(_, f)| f)
+    }
+}
+
+// === impl Catalog ===
+
+impl Catalog {
+    fn ensure_node(&mut self, node: &str, address: &str, i: u64) {
+        let changed = self.nodes.get(node).is_none_or(|n| n.address != address);
+        if !changed {
+            return;
+        }
+        let meta = BTreeMap::from([("consul-network-segment".to_string(), String::new())]);
+        self.nodes.insert(
+            node.into(),
+            NodeRec {
+                address: address.into(),
+                meta,
+                index: i,
+            },
+        );
+        self.nodes_index = i;
+        let serf = (node.to_string(), "serfHealth".to_string());
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.checks.entry(serf) {
+            slot.insert(CheckRec {
+                service_id: String::new(),
+                service_name: String::new(),
+                status: "passing".into(),
+                index: i,
+            });
+            self.health_index = i;
+        }
+        for s in self.services_on(node) {
+            self.service_index.insert(s, i);
+        }
+    }
+
+    fn services_on(&self, node: &str) -> BTreeSet<String> {
+        self.instances
+            .iter()
+            .filter(|((n, _), _)| n == node)
+            .map(|(_, inst)| inst.service.clone())
+            .collect()
+    }
+
+    fn node_json(&self, name: &str) -> Value {
+        let (address, meta, index) = match self.nodes.get(name) {
+            Some(n) => (n.address.as_str(), json!(n.meta), n.index),
+            None => ("", Value::Null, 1),
+        };
+        json!({
+            "ID": format!("id-{name}"), "Node": name, "Address": address,
+            "Datacenter": self.datacenter,
+            "TaggedAddresses": {"lan": address, "lan_ipv4": address, "wan": address, "wan_ipv4": address},
+            "Meta": meta, "CreateIndex": index, "ModifyIndex": index,
+        })
+    }
+
+    fn check_json(&self, node: &str, check_id: &str, c: &CheckRec) -> Value {
+        json!({
+            "Node": node, "CheckID": check_id, "Name": check_id, "Status": c.status,
+            "Notes": "", "Output": "", "ServiceID": c.service_id, "ServiceName": c.service_name,
+            "ServiceTags": [], "Type": "", "CreateIndex": c.index, "ModifyIndex": c.index,
+        })
+    }
+
+    fn health_service(&self, name: &str, passing: bool) -> (Value, u64) {
+        let mut out = Vec::new();
+        for ((node, id), inst) in &self.instances {
+            if inst.service != name {
+                continue;
+            }
+            let checks: Vec<Value> = self
+                .checks
+                .iter()
+                .filter(|((n, _), c)| n == node && (c.service_id.is_empty() || c.service_id == *id))
+                .map(|((n, cid), c)| self.check_json(n, cid, c))
+                .collect();
+            if passing && checks.iter().any(|c| c["Status"] != "passing") {
+                continue;
+            }
+            let mut service = json!({
+                "ID": id, "Service": inst.service, "Tags": inst.tags, "Address": inst.address,
+                "Meta": {}, "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": false,
+                "CreateIndex": inst.index, "ModifyIndex": inst.index,
+            });
+            // Consul omits Port when it is 0.
+            if inst.port != 0 {
+                service["Port"] = json!(inst.port);
+            }
+            out.push(json!({"Node": self.node_json(node), "Service": service, "Checks": checks}));
+        }
+        // A missing service answers with the services table index, like Consul's
+        // "service extinction" index.
+        let index = self
+            .service_index
+            .get(name)
+            .copied()
+            .unwrap_or(self.services_index);
+        (Value::Array(out), index)
+    }
+
+    fn render(&self, endpoint: &str, path: &str, params: &Params) -> Option<(Value, u64)> {
+        let rendered = match endpoint {
+            "self" => (
+                json!({"Config": {"Datacenter": self.datacenter, "NodeName": self.node_name,
+                    "Server": false, "Version": "1.20.0"}, "Member": {}, "Meta": {}}),
+                self.index,
+            ),
+            "services" => {
+                let mut map: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+                for inst in self.instances.values() {
+                    let tags = map.entry(&inst.service).or_default();
+                    tags.extend(inst.tags.iter().map(String::as_str));
+                }
+                (json!(map), self.services_index)
+            }
+            "health_state" => {
+                let checks: Vec<Value> = self
+                    .checks
+                    .iter()
+                    .map(|((n, id), c)| self.check_json(n, id, c))
+                    .collect();
+                (Value::Array(checks), self.health_index)
+            }
+            "nodes" => {
+                let nodes: Vec<Value> = self.nodes.keys().map(|n| self.node_json(n)).collect();
+                (Value::Array(nodes), self.nodes_index)
+            }
+            "health_service" => {
+                let name = path.strip_prefix("/v1/health/service/")?;
+                self.health_service(&percent_decode(name), params.passing)
+            }
+            "query" => (Value::Array(self.queries.clone()), self.queries_index),
+            _ => return None,
+        };
+        Some(rendered)
+    }
+}
+
+// === impl CountingListener ===
+
+impl axum::serve::Listener for CountingListener {
+    type Io = CountedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CountedStream, SocketAddr) {
+        loop {
+            let Ok((mut stream, addr)) = self.inner.accept().await else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            let now = self.shared.conns_now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.shared.conns_max.fetch_max(now, Ordering::SeqCst);
+            let limit = self.shared.conn_limit.load(Ordering::SeqCst);
+            if limit > 0 && now > limit {
+                // Like the agent's connection limiter: a raw 429, then close.
+                self.shared.conns_now.fetch_sub(1, Ordering::SeqCst);
+                self.shared.rejected.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let body = "Your IP is issuing too many concurrent connections, please rate limit your calls\n";
+                    let resp = format!(
+                        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(resp.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+                continue;
+            }
+            let stream = CountedStream {
+                inner: stream,
+                shared: self.shared.clone(),
+            };
+            return (stream, addr);
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+// === impl CountedStream ===
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.shared.conns_now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+// === the handler ===
+
+async fn handle(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+    let path = uri.path().to_string();
+    let endpoint = endpoint(&path);
+    shared.count(endpoint);
+    let params = parse_params(uri.query().unwrap_or(""));
+    if let Some(fault) = shared.take_fault(endpoint) {
+        return fault_response(fault).await;
+    }
+    // Subscribe before the first read so that no write between the read and the wait is missed.
+    let mut changed = shared.changed.subscribe();
+    let wait = params.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT);
+    let jitter_ms = wait.as_millis() as u64 / 16;
+    let jitter = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
+    let deadline = Instant::now() + wait + jitter;
+    loop {
+        let rendered = shared.lock().render(endpoint, &path, &params);
+        let Some((body, index)) = rendered else {
+            return plain(StatusCode::NOT_FOUND, "Not found");
+        };
+        let blocking = params.index > 0 && endpoint != "self" && endpoint != "query";
+        if !blocking || index > params.index || Instant::now() >= deadline {
+            return json_response(&body, index);
+        }
+        let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+    }
+}
+
+fn endpoint(path: &str) -> &'static str {
+    match path {
+        "/v1/agent/self" => "self",
+        "/v1/catalog/services" => "services",
+        "/v1/catalog/nodes" => "nodes",
+        "/v1/health/state/any" => "health_state",
+        "/v1/query" => "query",
+        p if p.starts_with("/v1/health/service/") => "health_service",
+        p if p.starts_with("/v1/query/") && p.ends_with("/execute") => "execute",
+        _ => "other",
+    }
+}
+
+fn consul_headers(
+    builder: axum::http::response::Builder,
+    index: u64,
+) -> axum::http::response::Builder {
+    builder
+        .header("X-Consul-Index", index.max(1).to_string())
+        .header("X-Consul-KnownLeader", "true")
+        .header("X-Consul-LastContact", "0")
+        .header("X-Consul-Effective-Consistency", "stale")
+}
+
+fn json_response(body: &Value, index: u64) -> Response {
+    let builder = consul_headers(Response::builder(), index)
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json");
+    builder
+        .body(Body::from(body.to_string()))
+        .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+fn plain(status: StatusCode, body: &str) -> Response {
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+async fn fault_response(fault: Fault) -> Response {
+    match fault {
+        Fault::Status(code, body) => plain(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &body,
+        ),
+        Fault::Malformed => consul_headers(Response::builder(), 1)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{\"web\": [ {\"Node\": "))
+            .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response")),
+        Fault::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "hung")
+        }
+        // A Content-Length longer than the body: hyper sends what it has and closes the
+        // connection, which the client sees as a body cut short.
+        Fault::CloseMidBody => consul_headers(Response::builder(), 1)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, "1000")
+            .body(Body::from("[{\"Node\": {"))
+            .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response")),
+    }
+}
+
+fn parse_params(query: &str) -> Params {
+    let mut params = Params::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "index" => params.index = value.parse().unwrap_or(0),
+            "wait" => params.wait = parse_go_duration(value),
+            "passing" => params.passing = value != "false" && value != "0",
+            _ => {}
+        }
+    }
+    params
+}
+
+/// Parse a Go duration (`5m`, `10s`, `100ms`, `1m30s`, `1.5s`).
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (num, tail) = rest.split_at(num_end);
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let n: f64 = num.parse().ok()?;
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = tail;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = s.get(i + 1..i + 3).filter(|_| bytes[i] == b'%');
+        if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
