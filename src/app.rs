@@ -57,7 +57,8 @@ pub struct Running {
 
 /// The domains of the Consul zone, lowercase dotted without the final dot, primary first.
 pub fn consul_domains(config: &Config) -> Vec<String> {
-    let dotted = |n: &hickory_proto::rr::Name| n.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    let dotted =
+        |n: &hickory_proto::rr::Name| n.to_ascii().trim_end_matches('.').to_ascii_lowercase();
     std::iter::once(dotted(&config.consul.domain))
         .chain(config.consul.alt_domain.as_ref().map(dotted))
         .collect()
@@ -71,7 +72,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let readiness = Arc::new(Readiness::default());
     let domains = consul_domains(&config);
 
-    let forwarder = Arc::new(Forwarder::new(&config.forward, &config.cache, &config.listen.dns)?);
+    let forwarder = Arc::new(Forwarder::new(
+        &config.forward,
+        &config.cache,
+        &config.listen.dns,
+    )?);
     let zones = match &config.zones.dir {
         Some(dir) => Zones::load_dir(dir)?,
         None => Zones::default(),
@@ -81,7 +86,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         router: Router::new(&domains, &origins),
         zones,
     }));
-    let table = Arc::new(ArcSwap::from_pointee(AnswerTable::empty(&domains, &config.dns)));
+    let table = Arc::new(ArcSwap::from_pointee(AnswerTable::empty(
+        &domains,
+        &config.dns,
+    )));
     let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&table), local, forwarder));
     let srv_data = Arc::new(ArcSwap::from_pointee(Bytes::new()));
 
@@ -136,7 +144,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| AppError::Bind { addr, source })?;
-            let bound = listener.local_addr().map_err(|source| AppError::Bind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| AppError::Bind { addr, source })?;
             let state = Arc::new(HttpState {
                 prometheus: prometheus.clone(),
                 dispatcher: Arc::clone(&dispatcher),
@@ -218,12 +228,12 @@ async fn follow_catalog(
             let built = tokio::task::spawn_blocking(move || {
                 let answers = AnswerTable::build(&catalog, &domains, &config.dns);
                 let doc = SrvData::build(&catalog, &config.dns, &domains[0]).to_json();
-                if let Some(path) = &config.emit.srv_file {
-                    if let Err(e) = emit::write_if_changed(path, &doc) {
+                if let Some(path) = &config.emit.srv_file
+                    && let Err(e) = emit::write_if_changed(path, &doc)
+                {
                         ::metrics::counter!(metrics::EMIT_RENDERS_TOTAL, "result" => "write_error")
                             .increment(1);
                         tracing::warn!(path = %path.display(), error = %e, "cannot write the SRV data file");
-                    }
                 }
                 (answers, doc)
             })

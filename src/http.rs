@@ -63,7 +63,10 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     let mut body = state.prometheus.render();
     state.dispatcher.metrics().render_durations(&mut body);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()

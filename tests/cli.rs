@@ -71,8 +71,14 @@ fn start(args: &[&str], http: SocketAddr) -> Daemon {
 #[test]
 fn shipped_configs_check() {
     for name in ["config/signpost.toml", "config/demo.toml"] {
-        let out = run(signpost().args(["check-config", "--config"]).arg(repo(name)));
-        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = run(signpost()
+            .args(["check-config", "--config"])
+            .arg(repo(name)));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -81,7 +87,11 @@ fn shipped_configs_check() {
 fn invalid_config_exits_78_naming_file_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[listen]\ndns = [\"127.0.0.1:0\"]\n\n[forward]\ntimeout = \"soon\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[listen]\ndns = [\"127.0.0.1:0\"]\n\n[forward]\ntimeout = \"soon\"\n",
+    )
+    .unwrap();
     for sub in ["check-config", "run"] {
         let out = run(signpost().args([sub, "--config"]).arg(&path));
         assert_eq!(out.status.code(), Some(78), "{sub}");
@@ -152,7 +162,11 @@ fn demo_answers_dig() {
     let srv = out.lines().filter(|l| l.contains("\tSRV\t")).count();
     assert!(srv >= 2, "{out}");
     assert!(out.contains("ADDITIONAL SECTION"), "{out}");
-    assert!(out.lines().any(|l| l.contains(".node.dc1.consul.") && l.contains("\tA\t")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(".node.dc1.consul.") && l.contains("\tA\t")),
+        "{out}"
+    );
 
     let out = dig(&["+short", "db.service.consul", "A"]);
     let ips: Vec<&str> = out.lines().collect();
@@ -160,5 +174,8 @@ fn demo_answers_dig() {
     let out = dig(&["+tcp", "+short", "web.service.consul", "A"]);
     assert!(out.lines().count() >= 2, "{out}");
     let out = dig(&["nope.service.consul", "A"]);
-    assert!(out.contains("status: NXDOMAIN") && out.contains("SOA"), "{out}");
+    assert!(
+        out.contains("status: NXDOMAIN") && out.contains("SOA"),
+        "{out}"
+    );
 }

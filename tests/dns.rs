@@ -42,17 +42,43 @@ async fn consul_answers_from_the_agent() {
         let m = sp.query("web.service.consul.", RecordType::A, via).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{via:?}");
         assert!(m.metadata.authoritative);
-        assert_eq!(lines(&m.answers), ["web.service.consul. 0 IN A 10.0.0.1"], "{via:?}");
+        assert_eq!(
+            lines(&m.answers),
+            ["web.service.consul. 0 IN A 10.0.0.1"],
+            "{via:?}"
+        );
     }
-    let m = sp.query("web.service.consul.", RecordType::SRV, Via::Tcp).await;
-    assert_eq!(lines(&m.answers), ["web.service.consul. 0 IN SRV 1 1 8080 node-1.node.dc1.consul."]);
-    assert_eq!(lines(&m.additionals), ["node-1.node.dc1.consul. 0 IN A 10.0.0.1"]);
+    let m = sp
+        .query("web.service.consul.", RecordType::SRV, Via::Tcp)
+        .await;
+    assert_eq!(
+        lines(&m.answers),
+        ["web.service.consul. 0 IN SRV 1 1 8080 node-1.node.dc1.consul."]
+    );
+    // Real agents always set node meta `consul-network-segment`; Consul adds it as TXT.
+    assert_eq!(
+        lines(&m.additionals),
+        [
+            "node-1.node.dc1.consul. 0 IN A 10.0.0.1",
+            "node-1.node.dc1.consul. 0 IN TXT consul-network-segment="
+        ]
+    );
     // node-2 is only reachable through the nodns tag... which must not answer either.
-    let m = sp.query("nodns.web.service.consul.", RecordType::A, Via::Udp).await;
+    let m = sp
+        .query("nodns.web.service.consul.", RecordType::A, Via::Udp)
+        .await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-    let m = sp.query("v2.web.service.consul.", RecordType::A, Via::Udp).await;
-    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "only instance is critical");
-    let m = sp.query("nope.service.consul.", RecordType::A, Via::Udp).await;
+    let m = sp
+        .query("v2.web.service.consul.", RecordType::A, Via::Udp)
+        .await;
+    assert_eq!(
+        m.metadata.response_code,
+        ResponseCode::NXDomain,
+        "only instance is critical"
+    );
+    let m = sp
+        .query("nope.service.consul.", RecordType::A, Via::Udp)
+        .await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
     assert_eq!(upstream.queries(), 0, ".consul names are never forwarded");
@@ -69,7 +95,9 @@ async fn catalog_changes_reach_answers() {
 
     consul.register("web", "node-4", "10.0.0.4", "", 8080, &[]);
     let appeared = eventually(Duration::from_secs(5), || async {
-        let m = sp.query("web.service.consul.", RecordType::A, Via::Tcp).await;
+        let m = sp
+            .query("web.service.consul.", RecordType::A, Via::Tcp)
+            .await;
         lines(&m.answers).contains(&"web.service.consul. 0 IN A 10.0.0.4".to_string())
     })
     .await;
@@ -77,7 +105,9 @@ async fn catalog_changes_reach_answers() {
 
     consul.set_check("node-1", "web-8080", "critical");
     let gone = eventually(Duration::from_secs(5), || async {
-        let m = sp.query("web.service.consul.", RecordType::A, Via::Tcp).await;
+        let m = sp
+            .query("web.service.consul.", RecordType::A, Via::Tcp)
+            .await;
         lines(&m.answers) == ["web.service.consul. 0 IN A 10.0.0.4"]
     })
     .await;
@@ -102,7 +132,9 @@ async fn other_names_are_forwarded() {
     assert!(upstream.queries() >= 1);
 
     upstream.set_answer(Answer::rcode(ResponseCode::NXDomain));
-    let m = sp.query("missing.example.com.", RecordType::A, Via::Udp).await;
+    let m = sp
+        .query("missing.example.com.", RecordType::A, Via::Udp)
+        .await;
     assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     sp.stop().await;
 
@@ -141,7 +173,9 @@ async fn malformed_packets_are_survived() {
         }
     }
     assert!(formerr >= 1, "FORMERR for a query without a question");
-    let m = sp.query("web.service.consul.", RecordType::A, Via::Udp).await;
+    let m = sp
+        .query("web.service.consul.", RecordType::A, Via::Udp)
+        .await;
     assert_eq!(m.answers.len(), 1, "still serving");
     sp.stop().await;
 }

@@ -450,7 +450,11 @@ async fn resolv_conf_without_other_servers_refuses() {
         max_in_flight: 10,
     };
     let forwarder = Forwarder::new(&config, &no_cache(), &own).unwrap();
-    let reply = parse(&forwarder.resolve(&query(9, "example.com.", RecordType::A), Proto::Udp).await);
+    let reply = parse(
+        &forwarder
+            .resolve(&query(9, "example.com.", RecordType::A), Proto::Udp)
+            .await,
+    );
     assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
     assert_eq!(reply.metadata.id, 9);
 

@@ -22,8 +22,14 @@ async fn ready_waits_for_the_first_catalog() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sp.get("/ready").await.0, 503);
     assert_eq!(sp.get("/v1/catalog").await.0, 503);
-    let m = sp.query("web.service.consul.", RecordType::A, Via::Udp).await;
-    assert_eq!(m.metadata.response_code.low(), 3, "no catalog yet: NXDOMAIN, no hang");
+    let m = sp
+        .query("web.service.consul.", RecordType::A, Via::Udp)
+        .await;
+    assert_eq!(
+        m.metadata.response_code.low(),
+        3,
+        "no catalog yet: NXDOMAIN, no hang"
+    );
     sp.stop().await;
 }
 
@@ -39,7 +45,8 @@ async fn metrics_and_catalog() {
     ))
     .await;
     sp.wait_ready().await;
-    sp.query("web.service.consul.", RecordType::A, Via::Udp).await;
+    sp.query("web.service.consul.", RecordType::A, Via::Udp)
+        .await;
 
     let (status, body) = sp.get("/metrics").await;
     assert_eq!(status, 200);
@@ -58,7 +65,10 @@ async fn metrics_and_catalog() {
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["datacenter"], "dc1");
-    assert_eq!(doc["services"]["web"][0]["target"], "node-1.node.dc1.consul.");
+    assert_eq!(
+        doc["services"]["web"][0]["target"],
+        "node-1.node.dc1.consul."
+    );
     assert_eq!(doc["services"]["db"][0]["role"], "standby");
     assert!(doc["index"].as_u64().unwrap() >= 1);
     sp.stop().await;

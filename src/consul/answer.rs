@@ -606,10 +606,12 @@ enum Target {
 
 impl InstanceEncoder<'_> {
     fn encode(&self, arena: &mut Vec<u8>) -> Instance {
-        let mut inst = Instance::default();
-        inst.a = self.record(arena, self.select(Family::V4));
-        inst.aaaa = self.record(arena, self.select(Family::V6));
-        inst.any = self.record(arena, self.select(Family::Any));
+        let mut inst = Instance {
+            a: self.record(arena, self.select(Family::V4)),
+            aaaa: self.record(arena, self.select(Family::V6)),
+            any: self.record(arena, self.select(Family::Any)),
+            ..Instance::default()
+        };
         let start = arena.len();
         self.push_srv(arena);
         inst.srv = span(start, arena.len());
@@ -639,15 +641,15 @@ impl InstanceEncoder<'_> {
             )
         };
         let parse = |s: &str| s.parse::<IpAddr>().ok();
-        if family != Family::V4 {
-            if let Some(ip) = v6.as_deref().and_then(parse) {
-                return Some(Target::Ip(ip));
-            }
+        if family != Family::V4
+            && let Some(ip) = v6.as_deref().and_then(parse)
+        {
+            return Some(Target::Ip(ip));
         }
-        if family != Family::V6 {
-            if let Some(ip) = v4.as_deref().and_then(parse) {
-                return Some(Target::Ip(ip));
-            }
+        if family != Family::V6
+            && let Some(ip) = v4.as_deref().and_then(parse)
+        {
+            return Some(Target::Ip(ip));
         }
         if default.is_empty() {
             return None;

@@ -156,8 +156,8 @@ pub fn decode_addr(hex: &[u8]) -> Option<std::net::IpAddr> {
         Some(out)
     }
     match hex.len() {
-        8 => nibbles::<4>(hex).map(|o| std::net::IpAddr::from(o)),
-        32 => nibbles::<16>(hex).map(|o| std::net::IpAddr::from(o)),
+        8 => nibbles::<4>(hex).map(std::net::IpAddr::from),
+        32 => nibbles::<16>(hex).map(std::net::IpAddr::from),
         _ => None,
     }
 }

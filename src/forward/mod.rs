@@ -310,7 +310,10 @@ fn pool(
         // Consul without recursors answers REFUSED for names outside its domain; signpost does
         // the same rather than refusing to start (a node with an empty resolv.conf still gets
         // its `.consul` answers).
-        tracing::warn!(list, "no upstream resolvers: forwarded names will be REFUSED");
+        tracing::warn!(
+            list,
+            "no upstream resolvers: forwarded names will be REFUSED"
+        );
     }
     Ok(Pool {
         targets,

@@ -128,7 +128,7 @@ impl Dispatcher {
             return self.format_error(packet, proto, out);
         }
         let mut clean = Message::query();
-        clean.metadata = message.metadata.clone();
+        clean.metadata = message.metadata;
         clean.add_query(message.queries[0].clone());
         clean.edns = message.edns.clone();
         let Ok(bytes) = clean.to_vec() else {

@@ -143,7 +143,12 @@ pub(crate) async fn ask(server: SocketAddr, name: &str, rtype: RecordType, via: 
 pub(crate) fn lines(records: &[hickory_proto::rr::Record]) -> Vec<String> {
     let mut v: Vec<String> = records
         .iter()
-        .map(|r| r.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+        .map(|r| {
+            r.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     v.sort();
     v
@@ -152,9 +157,8 @@ pub(crate) fn lines(records: &[hickory_proto::rr::Record]) -> Vec<String> {
 /// Whether `tool` is on PATH. Missing: skip (false) unless `SIGNPOST_REQUIRE_TOOLS` is set, in
 /// which case the test fails, so CI can never skip silently.
 pub(crate) fn require_tool(tool: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
-    });
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
     if !found {
         assert!(
             std::env::var_os("SIGNPOST_REQUIRE_TOOLS").is_none(),
