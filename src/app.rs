@@ -226,7 +226,6 @@ async fn follow_catalog(
             let config = Arc::clone(&config);
             let domains = domains.clone();
             let built = tokio::task::spawn_blocking(move || {
-                let answers = AnswerTable::build(&catalog, &domains, &config.dns);
                 let doc = SrvData::build(&catalog, &config.dns, &domains[0]).to_json();
                 if let Some(path) = &config.emit.srv_file
                     && let Err(e) = emit::write_if_changed(path, &doc)
@@ -235,6 +234,7 @@ async fn follow_catalog(
                             .increment(1);
                         tracing::warn!(path = %path.display(), error = %e, "cannot write the SRV data file");
                 }
+                let answers = AnswerTable::build(catalog, &domains, &config.dns);
                 (answers, doc)
             })
             .await;

@@ -9,7 +9,7 @@ use hickory_proto::rr::{Name, RecordType};
 
 use super::*;
 use crate::config::{DnsConfig, ServiceTtl, SoaConfig};
-use crate::consul::catalog::{Check, Service, Weights};
+use crate::consul::catalog::{Check, Node, Service, Weights};
 
 pub(crate) fn dns_config() -> DnsConfig {
     DnsConfig {
@@ -151,7 +151,7 @@ fn lines(records: &[hickory_proto::rr::Record]) -> Vec<String> {
 }
 
 fn table(entries: Vec<HealthEntry>) -> AnswerTable {
-    AnswerTable::build(&catalog(entries), &["consul".into()], &dns_config())
+    AnswerTable::build(Arc::new(catalog(entries)), &["consul".into()], &dns_config())
 }
 
 /// A, SRV with additional A, ANY and NODATA for a service with two IP instances.
@@ -235,7 +235,7 @@ fn tags_and_case() {
     let m = ask(&t, "_db._primary.consul.", RecordType::SRV);
     assert_eq!(m.answers.len(), 1);
     let m = ask(&t, "_db._tcp.service.dc1.consul.", RecordType::SRV);
-    assert_eq!(m.answers.len(), 1, "n1 and n2 dedup? no: different nodes");
+    assert_eq!(m.answers.len(), 2, "Db and db are one service to DNS, as in Consul's index");
     let m = ask(&t, "replica.db.service.consul.", RecordType::A);
     assert_eq!(m.metadata.response_code.low(), 3);
     let m = ask(&t, "db.service.dc2.consul.", RecordType::A);
