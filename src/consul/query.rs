@@ -86,17 +86,14 @@ impl Queries {
     /// The definitions that are not templates, rendered, with every name they answer to (ID
     /// and name, lowercase).
     pub fn fixed(&self) -> impl Iterator<Item = (Vec<String>, Rendered)> + '_ {
-        self.defs
-            .iter()
-            .filter(|d| d.template.is_none())
-            .map(|d| {
-                let mut names = vec![d.id.to_ascii_lowercase()];
-                if !d.name.is_empty() {
-                    names.push(d.name.to_ascii_lowercase());
-                }
-                names.retain(|n| !n.is_empty());
-                (names, render(d, "", "", &[]))
-            })
+        self.defs.iter().filter(|d| d.template.is_none()).map(|d| {
+            let mut names = vec![d.id.to_ascii_lowercase()];
+            if !d.name.is_empty() {
+                names.push(d.name.to_ascii_lowercase());
+            }
+            names.retain(|n| !n.is_empty());
+            (names, render(d, "", "", &[]))
+        })
     }
 
     /// Resolve `name` (lowercase, as DNS lowercases it before interpolation).
@@ -149,7 +146,11 @@ fn render(def: &PreparedQuery, full: &str, prefix: &str, matches: &[String]) -> 
         .map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32);
     let has_failover = def.service.failover.as_ref().is_some_and(|f| {
         let n = f.get("NearestN").and_then(|v| v.as_u64()).unwrap_or(0);
-        let non_empty = |k: &str| f.get(k).and_then(|v| v.as_array()).is_some_and(|a| !a.is_empty());
+        let non_empty = |k: &str| {
+            f.get(k)
+                .and_then(|v| v.as_array())
+                .is_some_and(|a| !a.is_empty())
+        };
         n > 0 || non_empty("Datacenters") || non_empty("Targets")
     });
     Rendered {
@@ -186,7 +187,10 @@ fn interpolate(s: &str, full: &str, prefix: &str, matches: &[String]) -> String 
         let Some(len) = out[start..].find(")}") else {
             break;
         };
-        let index: usize = out[start + 8..start + len].trim().parse().unwrap_or(usize::MAX);
+        let index: usize = out[start + 8..start + len]
+            .trim()
+            .parse()
+            .unwrap_or(usize::MAX);
         let value = matches.get(index).cloned().unwrap_or_default();
         out.replace_range(start..start + len + 2, &value);
     }
@@ -286,7 +290,10 @@ mod tests {
         assert_eq!(r.tags, ["primary", "!nodns"]);
         assert!(r.template);
         assert_eq!(q.resolve("redis").unwrap().service, "redis", "catch-all");
-        assert!(q.resolve("t1").is_none(), "a template by ID is not answered");
+        assert!(
+            q.resolve("t1").is_none(),
+            "a template by ID is not answered"
+        );
         assert_eq!(q.fixed().count(), 1);
     }
 
@@ -318,6 +325,9 @@ mod tests {
         q.tags = vec!["!primary".into()];
         assert!(!selects(&e, &q, &[]));
         q.tags.clear();
-        assert!(!selects(&e, &q, &["primary".into()]), "filter tags always apply");
+        assert!(
+            !selects(&e, &q, &["primary".into()]),
+            "filter tags always apply"
+        );
     }
 }

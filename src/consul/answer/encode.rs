@@ -127,7 +127,10 @@ impl<'a> Context<'a> {
     }
 
     /// Every instance of `service` (lowercase), whatever its health.
-    pub(super) fn catalog_entries(&self, service: &str) -> impl Iterator<Item = &'a HealthEntry> + '_ {
+    pub(super) fn catalog_entries(
+        &self,
+        service: &str,
+    ) -> impl Iterator<Item = &'a HealthEntry> + '_ {
         self.all.get(service).into_iter().flatten().copied()
     }
 
@@ -184,7 +187,9 @@ impl<'a> Context<'a> {
                     .into_iter()
                     .collect()
             }
-            ConsulName::Addr { hex } => name::decode_addr(hex).map(Target::Ip).into_iter().collect(),
+            ConsulName::Addr { hex } => {
+                name::decode_addr(hex).map(Target::Ip).into_iter().collect()
+            }
             _ => Vec::new(),
         };
         let mut seen = HashSet::new();
@@ -393,7 +398,12 @@ impl InstanceEncoder<'_, '_> {
 
     fn srv_records(&self, arena: &mut Vec<u8>) -> Records {
         let start = arena.len();
-        let (target, ip) = srv_target_of(self.entry, self.cx.datacenter, self.cx.domains, self.cx.domain);
+        let (target, ip) = srv_target_of(
+            self.entry,
+            self.cx.datacenter,
+            self.cx.domains,
+            self.cx.domain,
+        );
         arena.extend_from_slice(&wire::OWNER_QNAME);
         let at = wire::push_rr_header(arena, rtype::SRV, self.ttl);
         arena.extend_from_slice(&1u16.to_be_bytes()); // Consul: priority is always 1
@@ -468,10 +478,18 @@ fn select(e: &HealthEntry, family: Family, domains: &[String]) -> Option<Target>
     let use_node = e.service.address.is_empty() || is_self_reference(e, domains);
     let (default, v4, v6) = if use_node {
         let tagged = |k: &str| e.node.tagged_addresses.get(k).cloned();
-        (e.node.address.clone(), tagged("lan_ipv4"), tagged("lan_ipv6"))
+        (
+            e.node.address.clone(),
+            tagged("lan_ipv4"),
+            tagged("lan_ipv6"),
+        )
     } else {
         let tagged = |k: &str| e.service.tagged_addresses.get(k).map(|a| a.address.clone());
-        (e.service.address.clone(), tagged("lan_ipv4"), tagged("lan_ipv6"))
+        (
+            e.service.address.clone(),
+            tagged("lan_ipv4"),
+            tagged("lan_ipv6"),
+        )
     };
     let parse = |s: &str| s.parse::<IpAddr>().ok();
     if family != Family::V4

@@ -122,7 +122,11 @@ impl AnswerTable {
                     .or_insert_with(|| NodeAnswers::build(&cx, node));
             }
         }
-        let ptr = reverse_map(&catalog, &datacenter, domains.first().map_or("consul", |d| d));
+        let ptr = reverse_map(
+            &catalog,
+            &datacenter,
+            domains.first().map_or("consul", |d| d),
+        );
         AnswerTable {
             datacenter: datacenter.into_bytes().into_boxed_slice(),
             domains: domain_answers,
@@ -209,7 +213,12 @@ impl AnswerTable {
     /// Answer a reverse name (`rel` is the lowercase dotted name without the final dot) when the
     /// catalog knows the address: node first, then service, PTR TTL 0, for any type (§1.7).
     /// `None` when it does not: the caller forwards it.
-    pub fn answer_reverse(&self, query: &Query<'_>, name: &[u8], out: &mut Vec<u8>) -> Option<Outcome> {
+    pub fn answer_reverse(
+        &self,
+        query: &Query<'_>,
+        name: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<Outcome> {
         let ip = parse_reverse(name)?;
         let target = self.ptr.get(&ip)?;
         wire::begin_response(out, query, rcode::NOERROR, true);
@@ -235,7 +244,12 @@ impl AnswerTable {
     }
 
     /// A prepared query's answers: fixed definitions precomputed, templates built on first use.
-    fn prepared(&self, zone: &DomainAnswers, domain: usize, name: &[u8]) -> Option<Arc<PreparedAnswers>> {
+    fn prepared(
+        &self,
+        zone: &DomainAnswers,
+        domain: usize,
+        name: &[u8],
+    ) -> Option<Arc<PreparedAnswers>> {
         if let Some(fixed) = zone.queries.get(name) {
             return Some(Arc::clone(fixed));
         }
@@ -247,7 +261,13 @@ impl AnswerTable {
         }
         let domain_name = self.domain_names.get(domain)?;
         let datacenter = String::from_utf8_lossy(&self.datacenter).into_owned();
-        let cx = Context::new(&self.catalog, &datacenter, &self.domain_names, domain_name, &self.dns);
+        let cx = Context::new(
+            &self.catalog,
+            &datacenter,
+            &self.domain_names,
+            domain_name,
+            &self.dns,
+        );
         let built = Arc::new(PreparedAnswers::build(&cx, &rendered));
         if cache.len() >= TEMPLATE_CACHE {
             cache.clear();
@@ -371,7 +391,11 @@ impl AnswerTable {
         let mut txt_in_additional = false;
         match query.qtype {
             rtype::A | rtype::AAAA => {
-                let r = if query.qtype == rtype::A { node.a } else { node.aaaa };
+                let r = if query.qtype == rtype::A {
+                    node.a
+                } else {
+                    node.aaaa
+                };
                 out.extend_from_slice(r.answer.of(bytes));
                 answers = r.answer_count;
                 txt_in_additional = answers > 0 && self.limits.node_meta_txt;
@@ -382,7 +406,11 @@ impl AnswerTable {
             }
             rtype::ANY => {
                 // ANY: the address (IPv4 unless the node only has IPv6) and the TXT meta.
-                let r = if node.a.answer_count > 0 { node.a } else { node.aaaa };
+                let r = if node.a.answer_count > 0 {
+                    node.a
+                } else {
+                    node.aaaa
+                };
                 out.extend_from_slice(r.answer.of(bytes));
                 out.extend_from_slice(node.txt.of(bytes));
                 answers = r.answer_count + node.txt_count;
@@ -404,7 +432,13 @@ impl AnswerTable {
 
     /// `<hex>.addr`: decoded without a catalog lookup; a type that does not match the address
     /// puts the record in the additional section (§2.6).
-    fn addr(&self, query: &Query<'_>, hex: &[u8], zone: &DomainAnswers, out: &mut Vec<u8>) -> Outcome {
+    fn addr(
+        &self,
+        query: &Query<'_>,
+        hex: &[u8],
+        zone: &DomainAnswers,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         let Some(ip) = name::decode_addr(hex) else {
             return negative(query, zone, rcode::NXDOMAIN, out);
         };
@@ -435,7 +469,13 @@ impl AnswerTable {
             return negative(query, zone, rcode::NOERROR, out);
         }
         let start = ROTATION.with(|r| r.get() as usize) % zone.ns.len();
-        let picked = || zone.ns.iter().cycle().skip(start).take(zone.ns.len().min(MAX_NS));
+        let picked = || {
+            zone.ns
+                .iter()
+                .cycle()
+                .skip(start)
+                .take(zone.ns.len().min(MAX_NS))
+        };
         wire::begin_response(out, query, rcode::NOERROR, true);
         for (ns, _) in picked() {
             out.extend_from_slice(ns);
@@ -553,7 +593,9 @@ impl PreparedAnswers {
             .catalog_entries(&q.service)
             .filter(|e| query::selects(e, q, &cx.dns.filter_tags))
             .collect();
-        let ttl = q.ttl.unwrap_or_else(|| cx.dns.service_ttl.lookup(&q.service));
+        let ttl = q
+            .ttl
+            .unwrap_or_else(|| cx.dns.service_ttl.lookup(&q.service));
         PreparedAnswers {
             set: AnswerSet::build(cx, &entries, ttl, false),
         }
@@ -619,7 +661,11 @@ fn encode_ns(cx: &Context<'_>, _catalog: &Catalog) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Address → PTR target: every node address first, then service addresses not already a
 /// node's (§1.7). Always the primary domain.
-fn reverse_map(catalog: &Catalog, datacenter: &str, domain: &str) -> HashMap<IpAddr, String, RandomState> {
+fn reverse_map(
+    catalog: &Catalog,
+    datacenter: &str,
+    domain: &str,
+) -> HashMap<IpAddr, String, RandomState> {
     let mut ptr = HashMap::with_hasher(RandomState::default());
     for node in catalog.nodes.values() {
         if let Ok(ip) = node.address.parse::<IpAddr>() {
@@ -654,7 +700,9 @@ fn parse_reverse(name: &[u8]) -> Option<IpAddr> {
     let mut bytes = [0u8; 16];
     let mut n = 0;
     for (i, label) in rest.rsplit('.').enumerate() {
-        let nibble = u8::from_str_radix(label, 16).ok().filter(|_| label.len() == 1)?;
+        let nibble = u8::from_str_radix(label, 16)
+            .ok()
+            .filter(|_| label.len() == 1)?;
         let byte = bytes.get_mut(i / 2)?;
         *byte |= if i % 2 == 0 { nibble << 4 } else { nibble };
         n += 1;

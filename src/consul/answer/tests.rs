@@ -151,7 +151,11 @@ fn lines(records: &[hickory_proto::rr::Record]) -> Vec<String> {
 }
 
 fn table(entries: Vec<HealthEntry>) -> AnswerTable {
-    AnswerTable::build(Arc::new(catalog(entries)), &["consul".into()], &dns_config())
+    AnswerTable::build(
+        Arc::new(catalog(entries)),
+        &["consul".into()],
+        &dns_config(),
+    )
 }
 
 /// A, SRV with additional A, ANY and NODATA for a service with two IP instances.
@@ -235,7 +239,11 @@ fn tags_and_case() {
     let m = ask(&t, "_db._primary.consul.", RecordType::SRV);
     assert_eq!(m.answers.len(), 1);
     let m = ask(&t, "_db._tcp.service.dc1.consul.", RecordType::SRV);
-    assert_eq!(m.answers.len(), 2, "Db and db are one service to DNS, as in Consul's index");
+    assert_eq!(
+        m.answers.len(),
+        2,
+        "Db and db are one service to DNS, as in Consul's index"
+    );
     let m = ask(&t, "replica.db.service.consul.", RecordType::A);
     assert_eq!(m.metadata.response_code.low(), 3);
     let m = ask(&t, "db.service.dc2.consul.", RecordType::A);
