@@ -126,6 +126,7 @@ impl AnswerTable {
             &catalog,
             &datacenter,
             domains.first().map_or("consul", |d| d),
+            dns,
         );
         AnswerTable {
             datacenter: datacenter.into_bytes().into_boxed_slice(),
@@ -665,6 +666,7 @@ fn reverse_map(
     catalog: &Catalog,
     datacenter: &str,
     domain: &str,
+    dns: &DnsConfig,
 ) -> HashMap<IpAddr, String, RandomState> {
     let mut ptr = HashMap::with_hasher(RandomState::default());
     for node in catalog.nodes.values() {
@@ -674,7 +676,8 @@ fn reverse_map(
         }
     }
     for (name, entries) in &catalog.services {
-        for e in entries.iter() {
+        // Deliberate: a filter-tagged (standby) instance's address does not name its service.
+        for e in entries.iter().filter(|e| !e.has_any_tag(&dns.filter_tags)) {
             if let Ok(ip) = e.service.address.parse::<IpAddr>() {
                 ptr.entry(ip)
                     .or_insert_with(|| format!("{name}.service.{datacenter}.{domain}"));
