@@ -14,6 +14,8 @@ mod cli;
 mod consul_feed;
 /// DNS over real sockets: `.consul` from the fake agent, other names to a fake upstream.
 mod dns;
+/// The emitter: templates, quiescence, check/replace/reload, `render --once`, the HAProxy template.
+mod emit;
 /// The forwarder against scripted fake upstreams.
 mod forward;
 /// `/health`, `/ready`, `/metrics`, `/v1/catalog`.
