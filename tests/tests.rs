@@ -18,5 +18,7 @@ mod dns;
 mod emit;
 /// The forwarder against scripted fake upstreams.
 mod forward;
+/// A real HAProxy fed by signpost's SRV records follows the catalog.
+mod haproxy_srv;
 /// `/health`, `/ready`, `/metrics`, `/v1/catalog`.
 mod http;

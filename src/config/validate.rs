@@ -796,7 +796,17 @@ fn template(src: &Source, key: &KeyPath, raw: &RawTemplate) -> Result<TemplateCo
     if destination == source {
         return Err(src.error(&dest_key, None, "is the template itself"));
     }
-    let command = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    // Commands run without a shell; a line that does not split (an unclosed quote) is a
+    // config error now rather than a failed check at the first render.
+    let command = |name: &str, s: &str| -> Result<Option<String>, ConfigError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        shell_words::split(s)
+            .map_err(|e| src.error(&key.key(name), None, format!("cannot split `{s}`: {e}")))?;
+        Ok(Some(s.to_owned()))
+    };
     let wait_key = key.key("wait");
     let (wait_min, wait_max) = match (&raw.wait.min, &raw.wait.max) {
         (None, None) => (
@@ -831,8 +841,8 @@ fn template(src: &Source, key: &KeyPath, raw: &RawTemplate) -> Result<TemplateCo
         source,
         mode,
         destination,
-        check: command(&raw.check),
-        reload: command(&raw.reload),
+        check: command("check", &raw.check)?,
+        reload: command("reload", &raw.reload)?,
         wait_min,
         wait_max,
         perms,
