@@ -105,6 +105,19 @@ async fn haproxy_follows_srv_records() {
     if !require_tool("haproxy") {
         return;
     }
+    // The shipped example itself is valid as written.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/haproxy-srv.cfg");
+    let check = Command::new("haproxy")
+        .args(["-c", "-q", "-f"])
+        .arg(&shipped)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
     let consul = FakeConsul::start().await;
     let mut ids = Vec::new();
     for i in 1..=2 {

@@ -218,4 +218,21 @@ mod tests {
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back["services"]["db"][1]["role"], "standby");
     }
+
+    /// Commands split like a shell (quotes kept together), expand nothing, and get `{file}`
+    /// replaced inside any argument.
+    #[test]
+    fn commands_split_without_a_shell() {
+        let file = std::path::Path::new("/tmp/a b.cfg");
+        assert_eq!(
+            split_command("haproxy -c -q -f {file}", Some(file)).unwrap(),
+            ["haproxy", "-c", "-q", "-f", "/tmp/a b.cfg"]
+        );
+        assert_eq!(
+            split_command("check --config={file} 'two words' $HOME", Some(file)).unwrap(),
+            ["check", "--config=/tmp/a b.cfg", "two words", "$HOME"]
+        );
+        assert!(split_command("  ", None).is_err());
+        assert!(split_command("echo 'open", None).is_err());
+    }
 }
