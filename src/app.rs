@@ -238,8 +238,8 @@ async fn follow_catalog(
             let config = Arc::clone(&config);
             let domains = domains.clone();
             let built = tokio::task::spawn_blocking(move || {
-                let answers = AnswerTable::build(&catalog, &domains, &config.dns);
                 let doc = SrvData::build(&catalog, &config.dns, &domains[0]).to_json();
+                let answers = AnswerTable::build(catalog, &domains, &config.dns);
                 (answers, doc)
             })
             .await;

@@ -12,6 +12,9 @@ pub enum Route {
     Consul { domain: usize },
     /// Static zone number `zone`.
     Zone { zone: usize },
+    /// A reverse name (`in-addr.arpa`, `ip6.arpa`): answered from the catalog when it knows
+    /// the address, forwarded otherwise (`reference/consul-dns.md` §1.7).
+    Reverse,
     /// The forwarder.
     Forward,
 }
@@ -38,6 +41,11 @@ impl Router {
                     .iter()
                     .enumerate()
                     .map(|(zone, o)| (o.as_bytes().into(), Route::Zone { zone })),
+            )
+            .chain(
+                ["in-addr.arpa", "ip6.arpa"]
+                    .into_iter()
+                    .map(|s| (s.as_bytes().into(), Route::Reverse)),
             )
             .collect();
         // Longest first; on a tie the Consul domain wins (config validation forbids the tie).
@@ -87,5 +95,6 @@ mod tests {
         assert_eq!(r.route(b"www.example.org").0, Route::Zone { zone: 0 });
         assert_eq!(r.route(b"example.com").0, Route::Forward);
         assert_eq!(r.route(b"").0, Route::Forward);
+        assert_eq!(r.route(b"1.0.0.127.in-addr.arpa").0, Route::Reverse);
     }
 }

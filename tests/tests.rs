@@ -10,6 +10,8 @@ mod support;
 
 /// The command line: exit codes, messages, the shipped configs, the demo under the real `dig`.
 mod cli;
+/// Consul's own DNS test cases (`reference/consul-dns.md` §9) over UDP, TCP and `dig`.
+mod conformance;
 /// The Consul feed (`consul::watch`, `consul::file`) against the fake agent.
 mod consul_feed;
 /// DNS over real sockets: `.consul` from the fake agent, other names to a fake upstream.

@@ -717,12 +717,6 @@ fn validation_errors_name_key_and_line() {
             "same as consul.domain",
         ),
         (
-            "[consul]\nalt_domain = \"dc.consul\"\n",
-            "consul.alt_domain",
-            2,
-            "contain each other",
-        ),
-        (
             "[consul]\ndatacenter = \"dc 1\"\n",
             "consul.datacenter",
             2,

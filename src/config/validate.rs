@@ -340,13 +340,8 @@ fn consul(raw: &RawConsul, src: &Source) -> Result<ConsulConfig, ConfigError> {
                     format!("`{alt}` is the same as consul.domain"),
                 ));
             }
-            if alt.zone_of(&domain) || domain.zone_of(&alt) {
-                return Err(src.error(
-                    &alt_key,
-                    None,
-                    format!("`{alt}` and consul.domain `{domain}` must not contain each other"),
-                ));
-            }
+            // One may contain the other, as in Consul (`alt_domain = "test.consul."` beside
+            // `consul.`, its AltDomains_Overlap test): the longest matching domain wins.
             Some(alt)
         }
     };

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod client;
 pub mod file;
 pub mod name;
+pub mod query;
 pub mod watch;
 
 pub use catalog::Catalog;

@@ -101,6 +101,10 @@ impl Dispatcher {
                 (Zone::Consul, table.answer(&query, rel, domain, proto, out))
             }
             Route::Zone { zone } => (Zone::Static, local.zones.answer(zone, &query, out)),
+            Route::Reverse => match self.table.load().answer_reverse(&query, name, out) {
+                Some(outcome) => (Zone::Consul, outcome),
+                None => return Handled::Forward,
+            },
         };
         self.metrics
             .record(proto, zone, outcome.rcode, start.elapsed());

@@ -485,10 +485,16 @@ impl Catalog {
             Some(n) => (n.address.as_str(), json!(n.meta), n.index),
             None => ("", Value::Null, 1),
         };
+        // Agents tag their node address by family: lan_ipv4/wan_ipv4 or lan_ipv6/wan_ipv6.
+        let tagged = if address.contains(':') {
+            json!({"lan": address, "lan_ipv6": address, "wan": address, "wan_ipv6": address})
+        } else {
+            json!({"lan": address, "lan_ipv4": address, "wan": address, "wan_ipv4": address})
+        };
         json!({
             "ID": format!("id-{name}"), "Node": name, "Address": address,
             "Datacenter": self.datacenter,
-            "TaggedAddresses": {"lan": address, "lan_ipv4": address, "wan": address, "wan_ipv4": address},
+            "TaggedAddresses": tagged,
             "Meta": meta, "CreateIndex": index, "ModifyIndex": index,
         })
     }

@@ -142,9 +142,17 @@ impl Answer {
 impl FakeUpstream {
     /// Start a fake answering `answer` to every question.
     pub(crate) async fn start(answer: Answer) -> FakeUpstream {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // UDP picks a free port; TCP must get the same one, which another test may hold.
+        let mut bound = None;
+        for _ in 0..50 {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            if let Ok(tcp) = TcpListener::bind(addr).await {
+                bound = Some((udp, addr, tcp));
+                break;
+            }
+        }
+        let (udp, addr, tcp) = bound.expect("a port free for UDP and TCP");
         let state = Arc::new(State {
             behaviour: Mutex::new(Behaviour::Answer),
             answer: Mutex::new(answer),

@@ -9,7 +9,7 @@ use hickory_proto::rr::{Name, RecordType};
 
 use super::*;
 use crate::config::{DnsConfig, ServiceTtl, SoaConfig};
-use crate::consul::catalog::{Check, Service, Weights};
+use crate::consul::catalog::{Check, Node, Service, Weights};
 
 pub(crate) fn dns_config() -> DnsConfig {
     DnsConfig {
@@ -151,7 +151,11 @@ fn lines(records: &[hickory_proto::rr::Record]) -> Vec<String> {
 }
 
 fn table(entries: Vec<HealthEntry>) -> AnswerTable {
-    AnswerTable::build(&catalog(entries), &["consul".into()], &dns_config())
+    AnswerTable::build(
+        Arc::new(catalog(entries)),
+        &["consul".into()],
+        &dns_config(),
+    )
 }
 
 /// A, SRV with additional A, ANY and NODATA for a service with two IP instances.
@@ -235,7 +239,11 @@ fn tags_and_case() {
     let m = ask(&t, "_db._primary.consul.", RecordType::SRV);
     assert_eq!(m.answers.len(), 1);
     let m = ask(&t, "_db._tcp.service.dc1.consul.", RecordType::SRV);
-    assert_eq!(m.answers.len(), 1, "n1 and n2 dedup? no: different nodes");
+    assert_eq!(
+        m.answers.len(),
+        2,
+        "Db and db are one service to DNS, as in Consul's index"
+    );
     let m = ask(&t, "replica.db.service.consul.", RecordType::A);
     assert_eq!(m.metadata.response_code.low(), 3);
     let m = ask(&t, "db.service.dc2.consul.", RecordType::A);
@@ -382,4 +390,176 @@ fn meta_txt_encoding() {
     assert_eq!(encode_meta_txt("`a", "b"), "``a=b");
     assert_eq!(encode_meta_txt("novalue", ""), "novalue=");
     assert_eq!(encode_meta_txt("RFC1035-x", "bare"), "bare");
+}
+
+mod property {
+    //! `nodns`: no A, AAAA, SRV, ANY, TXT, PTR or prepared-query answer ever contains a
+    //! filter-tagged instance, whatever the catalog.
+
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::consul::catalog::{PreparedQuery, QueryService, QueryTemplate};
+
+    /// (service 0..3, filter-tagged, health 0..3, address kind 0..3, extra tag 0..3)
+    type Spec = (u8, bool, u8, u8, u8);
+
+    fn build(specs: &[Spec]) -> (Catalog, HashSet<String>, HashSet<IpAddr>) {
+        let mut entries = Vec::new();
+        let mut banned_names = HashSet::new();
+        let mut banned_ips = HashSet::new();
+        for (i, &(svc, tagged, health, kind, extra)) in specs.iter().enumerate() {
+            let node_ip = format!("10.1.{}.{}", i / 200, i % 200 + 1);
+            let svc_addr = match kind {
+                0 => String::new(),
+                1 => format!("10.2.{}.{}", i / 200, i % 200 + 1),
+                _ => format!("fd00::{:x}", i + 1),
+            };
+            let mut e = entry(
+                &format!("n{i}"),
+                &node_ip,
+                &format!("s{svc}"),
+                &svc_addr,
+                80 + i as u16,
+            );
+            let mut tags: Vec<String> = vec![["v1", "primary", "V1"][extra as usize % 3].into()];
+            if tagged {
+                tags.push(["nodns", "NoDNS"][i % 2].into());
+            }
+            e.service.tags = tags;
+            e.checks.push(Check {
+                check_id: "c".into(),
+                status: ["passing", "warning", "critical"][health as usize % 3].into(),
+                ..Check::default()
+            });
+            if tagged {
+                let ip: IpAddr = e.address().parse().unwrap();
+                banned_ips.insert(ip);
+                banned_names.insert(format!("{}.addr.dc1.consul.", hex_ip(ip)));
+                if kind == 0 {
+                    banned_names.insert(format!("n{i}.node.dc1.consul."));
+                } else {
+                    banned_names.insert(format!("s{svc}.service.dc1.consul."));
+                }
+            }
+            entries.push(e);
+        }
+        let mut c = catalog(entries);
+        let mut queries: Vec<PreparedQuery> = (0..3)
+            .map(|s| PreparedQuery {
+                id: format!("id-{s}"),
+                name: format!("q-s{s}"),
+                service: QueryService {
+                    service: format!("s{s}"),
+                    tags: vec!["v1".into()],
+                    ..QueryService::default()
+                },
+                ..PreparedQuery::default()
+            })
+            .collect();
+        queries.push(PreparedQuery {
+            id: "catch-all".into(),
+            template: Some(QueryTemplate::default()),
+            service: QueryService {
+                service: "${name.full}".into(),
+                ..QueryService::default()
+            },
+            ..PreparedQuery::default()
+        });
+        c.queries = queries.into();
+        (c, banned_names, banned_ips)
+    }
+
+    fn offending(m: &Message, names: &HashSet<String>, ips: &HashSet<IpAddr>) -> Option<String> {
+        use hickory_proto::rr::RData;
+        m.answers.iter().chain(&m.additionals).find_map(|r| {
+            let bad = match &r.data {
+                RData::A(a) => ips.contains(&IpAddr::V4(a.0)),
+                RData::AAAA(a) => ips.contains(&IpAddr::V6(a.0)),
+                RData::SRV(srv) => names.contains(&srv.target.to_ascii()),
+                // A node's PTR names the node, which is not an instance; a service PTR must
+                // never name a standby's service.
+                RData::PTR(p) => {
+                    let target = p.0.to_ascii();
+                    target.contains(".service.") && names.contains(&target)
+                }
+                _ => false,
+            };
+            bad.then(|| r.to_string())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn filter_tagged_instances_never_answer(specs in proptest::collection::vec(
+            (0u8..3, any::<bool>(), 0u8..3, 0u8..3, 0u8..3), 1..16)
+        ) {
+            let (c, names, ips) = build(&specs);
+            let t = AnswerTable::build(Arc::new(c), &["consul".into()], &dns_config());
+            let mut questions = Vec::new();
+            for s in 0..3 {
+                for n in [
+                    format!("s{s}.service.consul."),
+                    format!("v1.s{s}.service.consul."),
+                    format!("_s{s}._primary.consul."),
+                    format!("_s{s}._tcp.service.dc1.consul."),
+                    format!("q-s{s}.query.consul."),
+                    format!("id-{s}.query.consul."),
+                    format!("s{s}.query.consul."),
+                ] {
+                    for rt in [RecordType::A, RecordType::AAAA, RecordType::ANY, RecordType::SRV, RecordType::TXT] {
+                        questions.push((n.clone(), rt));
+                    }
+                }
+            }
+            for ip in &ips {
+                let rev = match ip {
+                    IpAddr::V4(v4) => {
+                        let o = v4.octets();
+                        format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+                    }
+                    IpAddr::V6(v6) => v6
+                        .octets()
+                        .iter()
+                        .rev()
+                        .map(|b| format!("{:x}.{:x}.", b & 0xF, b >> 4))
+                        .collect::<String>() + "ip6.arpa.",
+                };
+                questions.push((rev, RecordType::PTR));
+            }
+            for (name, rt) in questions {
+                for proto in [Proto::Udp, Proto::Tcp] {
+                    let m = if rt == RecordType::PTR {
+                        ask_reverse(&t, &name, proto)
+                    } else {
+                        ask_with(&t, &name, rt, proto, Some(4096)).msg
+                    };
+                    prop_assert!(offending(&m, &names, &ips).is_none(),
+                        "{name} {rt}: {:?}", offending(&m, &names, &ips));
+                }
+            }
+        }
+    }
+
+    fn ask_reverse(t: &AnswerTable, name: &str, proto: Proto) -> Message {
+        let _ = proto;
+        let mut m = Message::query();
+        m.add_query(HQuery::query(
+            Name::from_str(name).unwrap(),
+            RecordType::PTR,
+        ));
+        let bytes = m.to_vec().unwrap();
+        let q = Query::parse(&bytes).unwrap();
+        let mut buf = [0u8; 256];
+        let dotted = wire::dotted_lower(q.qname, &mut buf).unwrap().to_vec();
+        let mut out = Vec::new();
+        match t.answer_reverse(&q, &dotted, &mut out) {
+            Some(_) => Message::from_vec(&out).unwrap(),
+            None => Message::query(),
+        }
+    }
 }
