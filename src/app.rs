@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! consul::watch ──Arc<Catalog>──► table task ──► ArcSwap<AnswerTable> ──► server::Dispatcher
-//!                                     └──────► SRV data (/v1/catalog, emit.srv_file)
+//!         │                           └──────► SRV data (/v1/catalog)
+//!         └──────────────────────► emit::spawn ──► emit.srv_file, templates → check → reload
 //! ```
 
 use std::net::SocketAddr;
@@ -96,6 +97,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let mut tasks = Vec::new();
     let (catalogs, feed) = consul::watch::spawn(&config.consul)?;
     tasks.push(feed);
+    // The emitter reads the same catalogs as the answer table, so the SRV data file, the
+    // rendered templates and DNS cannot disagree.
+    let emitter = emit::spawn(
+        &config.emit,
+        &config.dns,
+        domains[0].clone(),
+        catalogs.clone(),
+        shutdown_rx.clone(),
+    );
+    tasks.push(emitter.into_handle());
     tasks.push(tokio::spawn(follow_catalog(
         catalogs,
         Arc::clone(&config_arc(&config)),
@@ -209,7 +220,8 @@ impl Running {
     }
 }
 
-/// Rebuild the answer table and the SRV data for each new catalog. Building runs on a
+/// Rebuild the answer table and the SRV data served at `/v1/catalog` for each new catalog
+/// (the emitter writes `emit.srv_file`). Building runs on a
 /// blocking thread: a catalog of thousands of services takes milliseconds to encode, which
 /// must not stall the runtime.
 async fn follow_catalog(
@@ -227,13 +239,6 @@ async fn follow_catalog(
             let domains = domains.clone();
             let built = tokio::task::spawn_blocking(move || {
                 let doc = SrvData::build(&catalog, &config.dns, &domains[0]).to_json();
-                if let Some(path) = &config.emit.srv_file
-                    && let Err(e) = emit::write_if_changed(path, &doc)
-                {
-                        ::metrics::counter!(metrics::EMIT_RENDERS_TOTAL, "result" => "write_error")
-                            .increment(1);
-                        tracing::warn!(path = %path.display(), error = %e, "cannot write the SRV data file");
-                }
                 let answers = AnswerTable::build(catalog, &domains, &config.dns);
                 (answers, doc)
             })

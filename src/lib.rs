@@ -11,7 +11,8 @@
 //!   ([`consul::answer`]).
 //! - [`zones`]: static RFC 1035 zones served authoritatively.
 //! - [`forward`]: everything else, to the upstream resolvers.
-//! - [`emit`]: the SRV data document (file and `/v1/catalog`).
+//! - [`emit`]: the SRV data document (file and `/v1/catalog`) and templates rendered from it,
+//!   checked, swapped in and reloaded.
 //! - [`metrics`]: every metric name; [`http`]: `/metrics`, `/health`, `/ready`, `/v1/catalog`.
 //! - [`config`]: TOML → validated [`config::Config`]; [`app`]: wiring and shutdown.
 

@@ -21,6 +21,9 @@ enum Command {
     Run(RunArgs),
     /// Validate the configuration (and its zone files), bind nothing, exit.
     CheckConfig(ConfigArgs),
+    /// Render the SRV data file and every template once from the current catalog, then exit
+    /// (non-zero if any render, check, write or reload failed).
+    Render(RenderArgs),
 }
 
 #[derive(Args)]
@@ -54,6 +57,24 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
+#[derive(Args)]
+struct RenderArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Render once and exit (consul-template `-once`); the only mode for now.
+    #[arg(long, required = true)]
+    once: bool,
+    /// Print what would be written to stdout; write nothing, run no command.
+    #[arg(long)]
+    dry_run: bool,
+    /// Longest wait for the first complete catalog from the agent.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, default_value = "warn", env = "SIGNPOST_LOG")]
+    log_level: String,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -83,6 +104,14 @@ fn main() -> ExitCode {
                 Err(e) => return fail(EX_CONFIG, &e),
             };
             run(config)
+        }
+        Command::Render(args) => {
+            init_tracing(&args.log_level, LogFormat::Text);
+            let config = match load(&args.config) {
+                Ok(c) => c,
+                Err(e) => return fail(EX_CONFIG, &e),
+            };
+            render(config, &args)
         }
     }
 }
@@ -124,6 +153,69 @@ fn run(config: Config) -> ExitCode {
         tracing::info!("shutting down");
         running.stop().await;
         ExitCode::SUCCESS
+    })
+}
+
+/// `signpost render --once [--dry-run]`: one catalog (a `file:` catalog is read at once; an
+/// agent's first complete catalog is awaited up to `--timeout`), every output rendered once.
+fn render(config: Config, args: &RenderArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &e),
+    };
+    runtime.block_on(async move {
+        let (mut catalogs, feed) = match signpost::consul::watch::spawn(&config.consul) {
+            Ok(started) => started,
+            Err(e) => return fail(1, &e),
+        };
+        let first = tokio::time::timeout(args.timeout, catalogs.wait_for(Option::is_some)).await;
+        let catalog = match first {
+            Ok(Ok(c)) => c.clone(),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                feed.abort();
+                return fail(
+                    1,
+                    &format!(
+                        "no complete catalog within {}",
+                        humantime::format_duration(args.timeout)
+                    ),
+                );
+            }
+        };
+        feed.abort();
+        let Some(catalog) = catalog else {
+            return fail(1, &"the catalog feed stopped before the first catalog");
+        };
+        let domains = signpost::app::consul_domains(&config);
+        let data = std::sync::Arc::new(signpost::emit::SrvData::build(
+            &catalog,
+            &config.dns,
+            &domains[0],
+        ));
+        let mut stdout = std::io::stdout().lock();
+        let results =
+            signpost::emit::render_once(&config.emit, data, &domains[0], args.dry_run, &mut stdout)
+                .await;
+        let failed: Vec<_> = results.iter().filter(|r| !r.result.is_success()).collect();
+        if !args.dry_run {
+            for r in &results {
+                eprintln!("{}: {}", r.name, r.result);
+            }
+        }
+        match failed.as_slice() {
+            [] => ExitCode::SUCCESS,
+            failed => {
+                let names: Vec<String> = failed
+                    .iter()
+                    .map(|r| format!("{} ({})", r.name, r.result))
+                    .collect();
+                fail(1, &format!("render failed: {}", names.join(", ")))
+            }
+        }
     })
 }
 

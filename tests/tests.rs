@@ -16,7 +16,11 @@ mod conformance;
 mod consul_feed;
 /// DNS over real sockets: `.consul` from the fake agent, other names to a fake upstream.
 mod dns;
+/// The emitter: templates, quiescence, check/replace/reload, `render --once`, the HAProxy template.
+mod emit;
 /// The forwarder against scripted fake upstreams.
 mod forward;
+/// A real HAProxy fed by signpost's SRV records follows the catalog.
+mod haproxy_srv;
 /// `/health`, `/ready`, `/metrics`, `/v1/catalog`.
 mod http;

@@ -187,7 +187,9 @@ pub struct EmitConfig {
 /// `[[emit.template]]`
 #[derive(Clone, Debug)]
 pub struct TemplateConfig {
+    /// The template file, or with [`TemplateMode::Dir`] the `template_dir`.
     pub source: PathBuf,
+    pub mode: TemplateMode,
     pub destination: PathBuf,
     pub check: Option<String>,
     pub reload: Option<String>,
@@ -195,6 +197,17 @@ pub struct TemplateConfig {
     pub wait_max: Duration,
     pub perms: Option<u32>,
     pub command_timeout: Duration,
+}
+
+/// What `source` of a [`TemplateConfig`] names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TemplateMode {
+    /// One minijinja template file (`source`).
+    #[default]
+    File,
+    /// A directory (`template_dir`): `*.tmpl` rendered, `*.conf` copied, in name order, into
+    /// one destination (python-confd).
+    Dir,
 }
 
 /// Values from the command line; each replaces the file's value (`--listen` replaces

@@ -240,8 +240,13 @@ pub(super) struct RawEmit {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTemplate {
-    /// The template file.
+    /// The template file (minijinja). Exactly one of `source` and `template_dir`.
+    #[serde(default)]
     pub(super) source: String,
+    /// python-confd mode: a directory whose `*.tmpl` files are rendered and `*.conf` files
+    /// copied, in name order, into the one destination.
+    #[serde(default)]
+    pub(super) template_dir: String,
     /// The rendered file.
     pub(super) destination: String,
     /// Command run on the new file (`{file}` is its path) before it replaces the old one.

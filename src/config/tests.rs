@@ -275,6 +275,7 @@ fn reference_config_lists_every_key() {
         "zones.hosts",
         "emit.srv_file",
         "emit.template.source",
+        "emit.template.template_dir",
         "emit.template.destination",
         "emit.template.check",
         "emit.template.reload",
@@ -1100,7 +1101,8 @@ command_timeout = "5s"
     assert_eq!(demo.listen.dns, vec![sock("127.0.0.1:8600")]);
 }
 
-/// Tests template checks: wait order, perms, duplicate destinations.
+/// Tests template checks: wait order, perms, commands that do not split, `source` with
+/// `template_dir`, duplicate destinations.
 #[test]
 fn template_checks() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1137,6 +1139,18 @@ fn template_checks() {
         "emit.template[0].command_timeout",
         4,
         "above 0s",
+    );
+    check(
+        "check = \"haproxy -c -f '{file}\"\n",
+        "emit.template[0].check",
+        4,
+        "cannot split",
+    );
+    check(
+        "template_dir = \".\"\n",
+        "emit.template[0].template_dir",
+        4,
+        "not both",
     );
     check(
         "destination2 = 1\n",
@@ -1263,4 +1277,30 @@ fn shipped_zones_parse() {
         seen += 1;
     }
     assert!(seen >= 1, "no zone files in {}", dir.display());
+}
+
+/// Tests that `template_dir` must name a directory and selects the python-confd mode.
+#[test]
+fn template_dir_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("haproxy.d")).unwrap();
+    std::fs::write(tmp.path().join("t.tmpl"), "").unwrap();
+    let path = tmp.path().join("c.toml");
+    let c = Config::parse(
+        "[[emit.template]]\ntemplate_dir = \"haproxy.d\"\ndestination = \"out.cfg\"\n",
+        &path,
+        &Overrides::default(),
+    )
+    .unwrap();
+    let t = &c.emit.templates[0];
+    assert_eq!(t.mode, TemplateMode::Dir);
+    assert_eq!(t.source, tmp.path().join("haproxy.d"));
+    let err = Config::parse(
+        "[[emit.template]]\ntemplate_dir = \"t.tmpl\"\ndestination = \"out.cfg\"\n",
+        &path,
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "emit.template[0].template_dir", "{err}");
+    assert!(err.message.contains("not a directory"), "{err}");
 }

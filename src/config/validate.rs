@@ -19,7 +19,7 @@ use super::raw::{
 use super::{
     CacheConfig, Config, ConfigError, ConsulConfig, ConsulSource, DnsConfig, EmitConfig,
     ForwardConfig, ForwardDomain, ListenConfig, Overrides, ServiceTtl, SoaConfig, Strategy,
-    TemplateConfig, Upstream, ZonesConfig,
+    TemplateConfig, TemplateMode, Upstream, ZonesConfig,
 };
 
 /// What `resolv.conf` in an upstream list stands for.
@@ -761,14 +761,28 @@ fn emit(raw: &RawEmit, src: &Source) -> Result<EmitConfig, ConfigError> {
 }
 
 fn template(src: &Source, key: &KeyPath, raw: &RawTemplate) -> Result<TemplateConfig, ConfigError> {
-    let source_key = key.key("source");
-    let source = optional_path(src, &source_key, &raw.source, true)?
+    let (source_key, text, mode) = match (raw.source.trim(), raw.template_dir.trim()) {
+        (s, "") => (key.key("source"), s, TemplateMode::File),
+        ("", d) => (key.key("template_dir"), d, TemplateMode::Dir),
+        _ => {
+            return Err(src.error(
+                &key.key("template_dir"),
+                None,
+                "give either `source` or `template_dir`, not both",
+            ));
+        }
+    };
+    let source = optional_path(src, &source_key, text, true)?
         .ok_or_else(|| src.error(&source_key, None, "cannot be empty"))?;
-    if !source.is_file() {
+    let (is_kind, kind) = match mode {
+        TemplateMode::File => (source.is_file(), "a file"),
+        TemplateMode::Dir => (source.is_dir(), "a directory"),
+    };
+    if !is_kind {
         return Err(src.error(
             &source_key,
             None,
-            format!("`{}` is not a file", source.display()),
+            format!("`{}` is not {kind}", source.display()),
         ));
     }
     let dest_key = key.key("destination");
@@ -777,7 +791,17 @@ fn template(src: &Source, key: &KeyPath, raw: &RawTemplate) -> Result<TemplateCo
     if destination == source {
         return Err(src.error(&dest_key, None, "is the template itself"));
     }
-    let command = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    // Commands run without a shell; a line that does not split (an unclosed quote) is a
+    // config error now rather than a failed check at the first render.
+    let command = |name: &str, s: &str| -> Result<Option<String>, ConfigError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        shell_words::split(s)
+            .map_err(|e| src.error(&key.key(name), None, format!("cannot split `{s}`: {e}")))?;
+        Ok(Some(s.to_owned()))
+    };
     let wait_key = key.key("wait");
     let (wait_min, wait_max) = match (&raw.wait.min, &raw.wait.max) {
         (None, None) => (
@@ -810,9 +834,10 @@ fn template(src: &Source, key: &KeyPath, raw: &RawTemplate) -> Result<TemplateCo
     let command_timeout = positive(src, &key.key("command_timeout"), &raw.command_timeout)?;
     Ok(TemplateConfig {
         source,
+        mode,
         destination,
-        check: command(&raw.check),
-        reload: command(&raw.reload),
+        check: command("check", &raw.check)?,
+        reload: command("reload", &raw.reload)?,
         wait_min,
         wait_max,
         perms,

@@ -1,16 +1,32 @@
-//! Emit: the catalog written out for other programs. For now the SRV data document, served at
-//! `/v1/catalog` and written to `emit.srv_file`; templates come with their own issue.
+//! Emit: the catalog written out for other programs: the SRV data document (served at
+//! `/v1/catalog`, written to `emit.srv_file`) and templates rendered from it, checked,
+//! swapped in and reloaded, so that the proxy and DNS never disagree and a bad render never
+//! reaches the proxy.
 //!
 //! The document is deterministic (sorted maps, instances sorted by node, port, ID) so that it
 //! is written only when its content changes, and so that diffs of it mean something.
+//!
+//! - `task.rs`: [`spawn`], the data loop and one quiescence loop per template.
+//! - `pipeline.rs`: one render: render → compare → temp file → check → rename → reload.
+//! - `render.rs`: minijinja and the template helpers.
+//! - `command.rs`: check and reload commands, without a shell, with a timeout.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::DnsConfig;
+mod command;
+mod pipeline;
+mod render;
+mod task;
+
+pub use command::{CommandOutcome, split as split_command};
+pub use pipeline::{RenderCounts, RenderResult, write_if_changed};
+pub use render::{RenderError, ident, render};
+pub use task::{Emitter, spawn};
+
+use crate::config::{DnsConfig, EmitConfig};
 use crate::consul::answer::{srv_target, srv_weight};
 use crate::consul::catalog::{Catalog, Health};
 
@@ -90,30 +106,78 @@ impl SrvData {
     }
 }
 
-/// Replace `path` with `bytes` atomically (a temporary file in the same directory, fsync,
-/// rename) unless it already holds exactly those bytes. Returns whether it wrote.
-pub fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
-    if std::fs::read(path).is_ok_and(|old| old == bytes) {
-        return Ok(false);
+/// What one output of [`render_once`] came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnceResult {
+    /// The SRV data file or the template's source.
+    pub name: String,
+    pub result: RenderResult,
+}
+
+/// `signpost render --once`: write the SRV data file and apply every template once to `data`,
+/// without quiescence. With `dry_run`, print each output to `out` instead (headed by
+/// `==> destination <==` when there are several) and write or run nothing.
+pub async fn render_once(
+    config: &EmitConfig,
+    data: std::sync::Arc<SrvData>,
+    domain: &str,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Vec<OnceResult> {
+    let mut results = Vec::new();
+    let several = config.templates.len() + usize::from(config.srv_file.is_some()) > 1;
+    let mut print = |dest: &std::path::Path, bytes: &[u8]| -> RenderResult {
+        let header = format!("==> {} <==\n", dest.display());
+        let written = (if several {
+            out.write_all(header.as_bytes())
+        } else {
+            Ok(())
+        })
+        .and_then(|()| out.write_all(bytes))
+        .and_then(|()| out.flush());
+        match written {
+            Ok(()) => RenderResult::Ok,
+            Err(_) => RenderResult::WriteError,
+        }
+    };
+    if let Some(path) = &config.srv_file {
+        let json = data.to_json();
+        let result = if dry_run {
+            print(path, &json)
+        } else {
+            match write_if_changed(path, &json) {
+                Ok(true) => RenderResult::Ok,
+                Ok(false) => RenderResult::Unchanged,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the SRV data file");
+                    RenderResult::WriteError
+                }
+            }
+        };
+        results.push(OnceResult {
+            name: path.display().to_string(),
+            result,
+        });
     }
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("srv");
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // The rename is durable once the directory is synced.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    for template in &config.templates {
+        let name = template.source.display().to_string();
+        let result = if dry_run {
+            match render(template, &data, domain) {
+                Ok(bytes) => print(&template.destination, &bytes),
+                Err(e) => {
+                    tracing::warn!(template = %name, line = ?e.line(), error = %e, "template failed to render");
+                    RenderResult::RenderError
+                }
+            }
+        } else {
+            pipeline::apply(template, std::sync::Arc::clone(&data), domain).await
+        };
+        if !dry_run {
+            result.record();
+        }
+        results.push(OnceResult { name, result });
     }
-    result.map(|()| true)
+    results
 }
 
 #[cfg(test)]
@@ -153,5 +217,22 @@ mod tests {
         let back: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back["services"]["db"][1]["role"], "standby");
+    }
+
+    /// Commands split like a shell (quotes kept together), expand nothing, and get `{file}`
+    /// replaced inside any argument.
+    #[test]
+    fn commands_split_without_a_shell() {
+        let file = std::path::Path::new("/tmp/a b.cfg");
+        assert_eq!(
+            split_command("haproxy -c -q -f {file}", Some(file)).unwrap(),
+            ["haproxy", "-c", "-q", "-f", "/tmp/a b.cfg"]
+        );
+        assert_eq!(
+            split_command("check --config={file} 'two words' $HOME", Some(file)).unwrap(),
+            ["check", "--config=/tmp/a b.cfg", "two words", "$HOME"]
+        );
+        assert!(split_command("  ", None).is_err());
+        assert!(split_command("echo 'open", None).is_err());
     }
 }
