@@ -94,7 +94,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let srv_data = Arc::new(ArcSwap::from_pointee(Bytes::new()));
 
     let mut tasks = Vec::new();
-    let (catalogs, feed) = consul::watch::spawn(&config.consul)?;
+    // CONSUL_HTTP_TOKEN is read here, at the config boundary, only when token_file is unset.
+    let token = consul::watch::token(&config.consul, std::env::var("CONSUL_HTTP_TOKEN").ok())?;
+    let (catalogs, feed) = consul::watch::spawn_with_token(&config.consul, token)?;
     tasks.push(feed);
     tasks.push(tokio::spawn(follow_catalog(
         catalogs,
