@@ -10,6 +10,9 @@ mod support;
 
 /// The command line: exit codes, messages, the shipped configs, the demo under the real `dig`.
 mod cli;
+/// Agent faults through the whole signpost (and the binary, for the outage), partial fetches,
+/// and the idle request budget.
+mod consul_faults;
 /// The Consul feed (`consul::watch`, `consul::file`) against the fake agent.
 mod consul_feed;
 /// DNS over real sockets: `.consul` from the fake agent, other names to a fake upstream.
