@@ -228,7 +228,9 @@ async fn follow_catalog(
             let config = Arc::clone(&config);
             let domains = domains.clone();
             let built = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 let answers = AnswerTable::build(&catalog, &domains, &config.dns);
+                tracing::debug!(took = ?started.elapsed(), "answer table built");
                 let doc = SrvData::build(&catalog, &config.dns, &domains[0]).to_json();
                 if let Some(path) = &config.emit.srv_file
                     && let Err(e) = emit::write_if_changed(path, &doc)

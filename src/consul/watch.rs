@@ -440,9 +440,12 @@ impl Feed {
         if !self.loops_answered() {
             return Ok(());
         }
+        let started = Instant::now();
+        let dirty = self.dirty.len();
         if !self.dirty.is_empty() {
             self.fetch_dirty().await?;
         }
+        tracing::debug!(dirty, took = ?started.elapsed(), "fetched");
         if self.queries.is_none() {
             self.poll_queries().await?;
         }
@@ -467,6 +470,17 @@ impl Feed {
     }
 
     fn apply(&mut self, ev: Event) {
+        let started = Instant::now();
+        let what = match &ev {
+            Event::Services(..) => "services",
+            Event::Checks(..) => "checks",
+            Event::Nodes(..) => "nodes",
+        };
+        self.apply_event(ev);
+        tracing::debug!(what, took = ?started.elapsed(), "applied");
+    }
+
+    fn apply_event(&mut self, ev: Event) {
         match ev {
             Event::Services(services, index) => self.apply_services(services, index),
             Event::Checks(checks, index) => self.apply_checks(&checks, index),
@@ -659,6 +673,7 @@ impl Feed {
     /// Publish the catalog if it is complete and differs from the published one. Returns
     /// whether something was published.
     fn publish(&mut self) -> bool {
+        let started = Instant::now();
         let Some(next) = self.build() else {
             return false;
         };
@@ -674,6 +689,7 @@ impl Feed {
         tracing::debug!(
             index = next.index,
             services = next.services.len(),
+            built = ?started.elapsed(),
             "catalog published"
         );
         self.tx.send_replace(Some(Arc::new(next)));
@@ -712,10 +728,17 @@ impl Feed {
     }
 }
 
+/// Whether two catalogs hold the same data. Unchanged services share their entries' `Arc`
+/// with the published catalog, so comparing pointers first skips the deep comparison of all
+/// but the services just fetched.
 fn same_content(a: &Catalog, b: &Catalog) -> bool {
     a.datacenter == b.datacenter
         && a.node_name == b.node_name
-        && a.services == b.services
+        && a.services.len() == b.services.len()
+        && a.services
+            .iter()
+            .zip(&b.services)
+            .all(|((na, ea), (nb, eb))| na == nb && (Arc::ptr_eq(ea, eb) || ea == eb))
         && a.nodes == b.nodes
         && a.queries == b.queries
 }
