@@ -95,7 +95,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let srv_data = Arc::new(ArcSwap::from_pointee(Bytes::new()));
 
     let mut tasks = Vec::new();
-    let (catalogs, feed) = consul::watch::spawn(&config.consul)?;
+    // CONSUL_HTTP_TOKEN is read here, at the config boundary, only when token_file is unset.
+    let token = consul::watch::token(&config.consul, std::env::var("CONSUL_HTTP_TOKEN").ok())?;
+    let (catalogs, feed) = consul::watch::spawn_with_token(&config.consul, token)?;
     tasks.push(feed);
     // The emitter reads the same catalogs as the answer table, so the SRV data file, the
     // rendered templates and DNS cannot disagree.
@@ -239,7 +241,9 @@ async fn follow_catalog(
             let domains = domains.clone();
             let built = tokio::task::spawn_blocking(move || {
                 let doc = SrvData::build(&catalog, &config.dns, &domains[0]).to_json();
+                let started = std::time::Instant::now();
                 let answers = AnswerTable::build(catalog, &domains, &config.dns);
+                tracing::debug!(took = ?started.elapsed(), "answer table built");
                 (answers, doc)
             })
             .await;

@@ -12,6 +12,9 @@ mod support;
 mod cli;
 /// Consul's own DNS test cases (`reference/consul-dns.md` §9) over UDP, TCP and `dig`.
 mod conformance;
+/// Agent faults through the whole signpost (and the binary, for the outage), partial fetches,
+/// and the idle request budget.
+mod consul_faults;
 /// The Consul feed (`consul::watch`, `consul::file`) against the fake agent.
 mod consul_feed;
 /// DNS over real sockets: `.consul` from the fake agent, other names to a fake upstream.

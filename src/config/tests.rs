@@ -698,10 +698,10 @@ fn validation_errors_name_key_and_line() {
             "does not exist",
         ),
         (
-            "[consul]\nmax_connections = 2\n",
+            "[consul]\nmax_connections = 3\n",
             "consul.max_connections",
             2,
-            "at least 3",
+            "at least 4 (three watches and one fetch)",
         ),
         (
             "[consul]\ndomain = \"bad..name\"\n",

@@ -347,14 +347,15 @@ fn consul(raw: &RawConsul, src: &Source) -> Result<ConsulConfig, ConfigError> {
     };
     let datacenter = optional_word(src, &KeyPath::new("consul.datacenter"), &raw.datacenter)?;
     let node_name = optional_word(src, &KeyPath::new("consul.node_name"), &raw.node_name)?;
-    if raw.max_connections < 3 {
-        // One blocking watch on the service list, one on health state, and at least one for
-        // fetches, prepared-query polls and `/execute` (DESIGN.md, Consul side).
+    if raw.max_connections < crate::consul::watch::MIN_CONNECTIONS {
+        // Three blocking watches (services, health state, nodes) each hold a connection for up
+        // to `wait`, and fetches, prepared-query polls and `/execute` need at least one more.
         return Err(src.error(
             &KeyPath::new("consul.max_connections"),
             None,
             format!(
-                "must be at least 3 (two watches and one fetch), not {}",
+                "must be at least {} (three watches and one fetch), not {}",
+                crate::consul::watch::MIN_CONNECTIONS,
                 raw.max_connections
             ),
         ));

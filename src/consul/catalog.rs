@@ -270,9 +270,11 @@ impl Catalog {
     pub fn index_nodes_from_services(&mut self) {
         for entries in self.services.values() {
             for e in entries.iter() {
-                self.nodes
-                    .entry(e.node.node.clone())
-                    .or_insert_with(|| e.node.clone());
+                // Look up before cloning the name: at tens of thousands of instances on known
+                // nodes, the clones were a measurable share of each rebuild.
+                if !self.nodes.contains_key(&e.node.node) {
+                    self.nodes.insert(e.node.node.clone(), e.node.clone());
+                }
             }
         }
     }

@@ -28,8 +28,10 @@ mod plain;
 /// How much of an error body is kept in [`ConsulError::Status`].
 const BODY_EXCERPT: usize = 200;
 
-/// Extra time over `wait + wait/16` before a blocking request is abandoned: the agent adds up to
-/// wait/16 of jitter (`reference/consul-dns.md` §7.4), the rest covers the network.
+/// Extra time over `wait + wait/16` before a blocking request is abandoned (and the whole
+/// budget of a plain read): the agent adds up to wait/16 of jitter (`reference/consul-dns.md`
+/// §7.4), the rest covers the network and the agent's own work. The default; see
+/// [`Client::with_timeout_slack`].
 const TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
 /// Unix time in milliseconds of the last successful answer from any agent; 0 = never.
@@ -113,6 +115,7 @@ pub struct Client {
     base: String,
     token: Option<HeaderValue>,
     permits: Arc<Semaphore>,
+    slack: Duration,
 }
 
 /// How requests reach the agent.
@@ -215,7 +218,15 @@ impl Client {
             base,
             token,
             permits: Arc::new(Semaphore::new(max_connections)),
+            slack: TIMEOUT_SLACK,
         })
+    }
+
+    /// Give up on a request `slack` after the agent should have answered (instead of 5 s): a
+    /// hung agent is noticed sooner, at the cost of cutting a very slow plain read.
+    pub fn with_timeout_slack(mut self, slack: Duration) -> Client {
+        self.slack = slack;
+        self
     }
 
     /// GET `path` (which may carry its own query string) with `?stale`, blocking when
@@ -240,7 +251,7 @@ impl Client {
         query: Blocking,
     ) -> Result<(bytes::Bytes, Meta), ConsulError> {
         let url = self.url(path, query);
-        let timeout = request_timeout(query);
+        let timeout = request_timeout(query, self.slack);
         let short = strip_query(path);
         metrics::counter!(CONSUL_REQUESTS_TOTAL, "endpoint" => endpoint_label(short)).increment(1);
         // The semaphore is never closed, so acquire only fails if it were; treat that as a
@@ -360,13 +371,13 @@ pub fn encode_segment(s: &str) -> String {
     out
 }
 
-/// `wait + wait/16 + 5s`: the agent may hold a blocking query for `wait` plus up to wait/16
+/// `wait + wait/16 + slack`: the agent may hold a blocking query for `wait` plus up to wait/16
 /// of jitter, so anything shorter would cut healthy long polls.
-fn request_timeout(query: Blocking) -> Duration {
+fn request_timeout(query: Blocking, slack: Duration) -> Duration {
     if query.index == 0 {
-        return TIMEOUT_SLACK;
+        return slack;
     }
-    query.wait + query.wait / 16 + TIMEOUT_SLACK
+    query.wait + query.wait / 16 + slack
 }
 
 fn note_contact() {
@@ -472,8 +483,11 @@ mod tests {
             index: 7,
             wait: Duration::from_secs(160),
         };
-        assert_eq!(request_timeout(q), Duration::from_secs(175));
-        assert_eq!(request_timeout(Blocking::default()), TIMEOUT_SLACK);
+        assert_eq!(request_timeout(q, TIMEOUT_SLACK), Duration::from_secs(175));
+        assert_eq!(
+            request_timeout(Blocking::default(), TIMEOUT_SLACK),
+            TIMEOUT_SLACK
+        );
     }
 
     /// Every read carries `stale`; `index` and `wait` only when blocking.

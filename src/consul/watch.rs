@@ -69,6 +69,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const SLOW_DOWN_MIN: Duration = Duration::from_secs(2);
 /// Fewest connections the feed works with: the three long polls plus one for fetches.
 pub const MIN_CONNECTIONS: usize = 4;
+/// Bounds of the time a request may take beyond what the agent should need.
+const SLACK_MIN: Duration = Duration::from_secs(1);
+const SLACK_MAX: Duration = Duration::from_secs(5);
 /// The `wait` of a probe: an unchanged service returns after this, a changed one at once.
 const PROBE_WAIT: Duration = Duration::from_millis(10);
 
@@ -174,18 +177,24 @@ struct AgentConfig {
 }
 
 /// Start the catalog feed for `config.address` on the current tokio runtime. The token is read
-/// from `consul.token_file` when set.
+/// from `consul.token_file` when set; the environment is not read (see [`token`]).
 pub fn spawn(config: &ConsulConfig) -> Result<(CatalogRx, JoinHandle<()>), ConsulError> {
+    spawn_with_token(config, token(config, None)?)
+}
+
+/// The ACL token: the contents of `consul.token_file` when set, else `env_token` (the value of
+/// `CONSUL_HTTP_TOKEN`, which only the caller reads, as consul's own CLI does). Blank = none.
+pub fn token(
+    config: &ConsulConfig,
+    env_token: Option<String>,
+) -> Result<Option<String>, ConsulError> {
     let token = match &config.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| ConsulError::Setup(format!("{}: {e}", path.display())))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| ConsulError::Setup(format!("{}: {e}", path.display())))?,
+        None => env_token.unwrap_or_default(),
     };
-    spawn_with_token(config, token)
+    let token = token.trim();
+    Ok((!token.is_empty()).then(|| token.to_string()))
 }
 
 /// Like [`spawn`] with the token given (e.g. from `CONSUL_HTTP_TOKEN`); `token_file` is ignored.
@@ -217,7 +226,10 @@ pub fn spawn_with_token(
                     "consul.max_connections raised to the minimum the feed needs"
                 );
             }
-            let client = Client::new(url, token, max_connections, &tls)?;
+            // A hung request is given up a quarter of `wait` after the agent should have
+            // answered (1 s to 5 s): short test waits notice a hung agent quickly.
+            let slack = (config.wait / 4).clamp(SLACK_MIN, SLACK_MAX);
+            let client = Client::new(url, token, max_connections, &tls)?.with_timeout_slack(slack);
             let settings = Settings {
                 datacenter: config.datacenter.clone(),
                 node_name: config.node_name.clone(),
@@ -428,9 +440,12 @@ impl Feed {
         if !self.loops_answered() {
             return Ok(());
         }
+        let started = Instant::now();
+        let dirty = self.dirty.len();
         if !self.dirty.is_empty() {
             self.fetch_dirty().await?;
         }
+        tracing::debug!(dirty, took = ?started.elapsed(), "fetched");
         if self.queries.is_none() {
             self.poll_queries().await?;
         }
@@ -455,6 +470,17 @@ impl Feed {
     }
 
     fn apply(&mut self, ev: Event) {
+        let started = Instant::now();
+        let what = match &ev {
+            Event::Services(..) => "services",
+            Event::Checks(..) => "checks",
+            Event::Nodes(..) => "nodes",
+        };
+        self.apply_event(ev);
+        tracing::debug!(what, took = ?started.elapsed(), "applied");
+    }
+
+    fn apply_event(&mut self, ev: Event) {
         match ev {
             Event::Services(services, index) => self.apply_services(services, index),
             Event::Checks(checks, index) => self.apply_checks(&checks, index),
@@ -647,6 +673,7 @@ impl Feed {
     /// Publish the catalog if it is complete and differs from the published one. Returns
     /// whether something was published.
     fn publish(&mut self) -> bool {
+        let started = Instant::now();
         let Some(next) = self.build() else {
             return false;
         };
@@ -662,6 +689,7 @@ impl Feed {
         tracing::debug!(
             index = next.index,
             services = next.services.len(),
+            built = ?started.elapsed(),
             "catalog published"
         );
         self.tx.send_replace(Some(Arc::new(next)));
@@ -700,10 +728,17 @@ impl Feed {
     }
 }
 
+/// Whether two catalogs hold the same data. Unchanged services share their entries' `Arc`
+/// with the published catalog, so comparing pointers first skips the deep comparison of all
+/// but the services just fetched.
 fn same_content(a: &Catalog, b: &Catalog) -> bool {
     a.datacenter == b.datacenter
         && a.node_name == b.node_name
-        && a.services == b.services
+        && a.services.len() == b.services.len()
+        && a.services
+            .iter()
+            .zip(&b.services)
+            .all(|((na, ea), (nb, eb))| na == nb && (Arc::ptr_eq(ea, eb) || ea == eb))
         && a.nodes == b.nodes
         && a.queries == b.queries
 }

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::Response;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -40,7 +40,18 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 pub struct FakeConsul {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
+    /// The accept loop; `None` while stopped.
+    task: Option<JoinHandle<()>>,
+}
+
+/// Which requests a fault replaces.
+#[derive(Clone, Debug)]
+enum Target {
+    /// Any endpoint but `self`.
+    Any,
+    Endpoint(&'static str),
+    /// `/v1/health/service/<name>`.
+    Service(String),
 }
 
 /// A failure to serve instead of the next matching request.
@@ -66,6 +77,14 @@ struct Shared {
     /// `limits.http_max_conns_per_client`; 0 = no limit.
     conn_limit: AtomicUsize,
     rejected: AtomicUsize,
+    /// A duplicate of every open connection's socket, so that [`FakeConsul::stop`] can shut
+    /// them all down; removed when the connection closes.
+    sockets: Mutex<BTreeMap<u64, socket2::Socket>>,
+    next_conn: AtomicU64,
+    /// `X-Consul-Token` values seen.
+    tokens: Mutex<BTreeSet<String>>,
+    /// When set, requests without this token get `403 ACL not found`.
+    required_token: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -76,6 +95,8 @@ struct Catalog {
     nodes: BTreeMap<String, NodeRec>,
     /// (node, service ID) → instance.
     instances: BTreeMap<(String, String), Instance>,
+    /// Service name → keys of its instances, so that a service is rendered without a scan.
+    by_service: BTreeMap<String, BTreeSet<(String, String)>>,
     /// (node, check ID) → check.
     checks: BTreeMap<(String, String), CheckRec>,
     service_index: BTreeMap<String, u64>,
@@ -84,7 +105,7 @@ struct Catalog {
     nodes_index: u64,
     queries: Vec<Value>,
     queries_index: u64,
-    faults: VecDeque<(Option<&'static str>, Fault)>,
+    faults: VecDeque<(Target, Fault)>,
 }
 
 struct NodeRec {
@@ -126,6 +147,7 @@ struct CountingListener {
 struct CountedStream {
     inner: TcpStream,
     shared: Arc<Shared>,
+    id: u64,
 }
 
 // === impl FakeConsul ===
@@ -151,16 +173,49 @@ impl FakeConsul {
             conns_max: AtomicUsize::new(0),
             conn_limit: AtomicUsize::new(0),
             rejected: AtomicUsize::new(0),
+            sockets: Mutex::new(BTreeMap::new()),
+            next_conn: AtomicU64::new(0),
+            tokens: Mutex::new(BTreeSet::new()),
+            required_token: Mutex::new(None),
         });
-        let app = Router::new().fallback(handle).with_state(shared.clone());
-        let listener = CountingListener {
-            inner: listener,
-            shared: shared.clone(),
-        };
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let task = Some(serve(listener, shared.clone()));
         FakeConsul { addr, shared, task }
+    }
+
+    /// The agent goes down: the listener closes (connecting is refused) and every open
+    /// connection is shut down, held blocking queries included. The catalog is kept.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        let sockets = std::mem::take(
+            &mut *self
+                .shared
+                .sockets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for socket in sockets.values() {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// The agent comes back on the same port with the same catalog.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut listener = None;
+        for _ in 0..100 {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let listener = listener.expect("rebind the fake consul port");
+        self.task = Some(serve(listener, self.shared.clone()));
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -230,7 +285,7 @@ impl FakeConsul {
                 tags: tags.iter().map(|t| t.to_string()).collect(),
                 index: i,
             };
-            st.instances.insert((node.into(), id.clone()), inst);
+            st.insert_instance(node, &id, inst);
             if with_check {
                 let check = CheckRec {
                     service_id: id.clone(),
@@ -262,7 +317,7 @@ impl FakeConsul {
                     tags: vec![],
                     index: i,
                 };
-                st.instances.insert(("n1".into(), id.clone()), inst);
+                st.insert_instance("n1", &id, inst);
                 let check = CheckRec {
                     service_id: id.clone(),
                     service_name: service.clone(),
@@ -278,13 +333,69 @@ impl FakeConsul {
         });
     }
 
+    /// Register `services` services (`s00000`, ...) with `per_service` instances each, spread
+    /// over `nodes` nodes (`node0000`, ... at 10.x.y.z), every instance with a passing service
+    /// check, in one write. For benchmarks: instance `k` of service `s` is on node
+    /// `(s * per_service + k) % nodes` and has ID `s<s>-<k>`.
+    pub fn register_bulk(&self, services: usize, per_service: usize, nodes: usize) {
+        self.write(|st, i| {
+            for n in 0..nodes {
+                let addr = format!("10.{}.{}.{}", n / 65536 % 256, n / 256 % 256, n % 256);
+                st.ensure_node(&bulk_node(n), &addr, i);
+            }
+            for s in 0..services {
+                let service = format!("s{s:05}");
+                for k in 0..per_service {
+                    let node = bulk_node((s * per_service + k) % nodes);
+                    let id = format!("{service}-{k}");
+                    let inst = Instance {
+                        service: service.clone(),
+                        address: String::new(),
+                        port: 8000 + k as u16,
+                        tags: vec!["v1".into()],
+                        index: i,
+                    };
+                    st.insert_instance(&node, &id, inst);
+                    let check = CheckRec {
+                        service_id: id.clone(),
+                        service_name: service.clone(),
+                        status: "passing".into(),
+                        index: i,
+                    };
+                    st.checks.insert((node, format!("service:{id}")), check);
+                }
+                st.service_index.insert(service, i);
+            }
+            st.health_index = i;
+            st.services_index = i;
+        });
+    }
+
+    /// Set several service checks `(node, service ID, status)` in one write (one index).
+    pub fn set_checks(&self, changes: &[(&str, &str, &str)]) {
+        self.write(|st, i| {
+            for (node, service_id, status) in changes {
+                let key = (node.to_string(), format!("service:{service_id}"));
+                if let Some(c) = st.checks.get_mut(&key) {
+                    c.status = status.to_string();
+                    c.index = i;
+                }
+                let service = st
+                    .instances
+                    .get(&(node.to_string(), service_id.to_string()))
+                    .map(|inst| inst.service.clone());
+                if let Some(service) = service {
+                    st.service_index.insert(service, i);
+                }
+            }
+            st.health_index = i;
+        });
+    }
+
     /// Remove an instance and its checks.
     pub fn deregister(&self, node: &str, service_id: &str) {
         self.write(|st, i| {
-            let Some(inst) = st
-                .instances
-                .remove(&(node.to_string(), service_id.to_string()))
-            else {
+            let Some(inst) = st.remove_instance(node, service_id) else {
                 return;
             };
             st.checks
@@ -371,7 +482,41 @@ impl FakeConsul {
     /// Serve `fault` instead of the next request to `endpoint` (see [`FakeConsul::requests`]
     /// for names), or to any endpoint but `self` when `None`.
     pub fn inject(&self, endpoint: Option<&'static str>, fault: Fault) {
-        self.shared.lock().faults.push_back((endpoint, fault));
+        let target = endpoint.map_or(Target::Any, Target::Endpoint);
+        self.shared.lock().faults.push_back((target, fault));
+    }
+
+    /// Serve `fault` instead of the next `/v1/health/service/<service>`.
+    pub fn inject_service(&self, service: &str, fault: Fault) {
+        let target = Target::Service(service.to_string());
+        self.shared.lock().faults.push_back((target, fault));
+    }
+
+    /// Answer `403 ACL not found` to requests without `X-Consul-Token: <token>`.
+    pub fn require_token(&self, token: Option<&str>) {
+        *self
+            .shared
+            .required_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = token.map(str::to_string);
+    }
+
+    /// Every `X-Consul-Token` value received.
+    pub fn tokens_seen(&self) -> BTreeSet<String> {
+        self.shared
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Requests served per endpoint, all endpoints.
+    pub fn all_requests(&self) -> BTreeMap<&'static str, u64> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Faults injected and not served yet.
@@ -413,8 +558,22 @@ impl FakeConsul {
 
 impl Drop for FakeConsul {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
+}
+
+/// Serve `shared` on `listener` until aborted.
+fn serve(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
+    let app = Router::new().fallback(handle).with_state(shared.clone());
+    let listener = CountingListener {
+        inner: listener,
+        shared,
+    };
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
 }
 
 // === impl Shared ===
@@ -429,11 +588,13 @@ impl Shared {
         *map.entry(endpoint).or_default() += 1;
     }
 
-    fn take_fault(&self, endpoint: &'static str) -> Option<Fault> {
+    fn take_fault(&self, endpoint: &'static str, path: &str) -> Option<Fault> {
         let mut st = self.lock();
-        let pos = st.faults.iter().position(|(ep, _)| match ep {
-            Some(ep) => *ep == endpoint,
-            None => endpoint != "self",
+        let service = path.strip_prefix("/v1/health/service/").map(percent_decode);
+        let pos = st.faults.iter().position(|(target, _)| match target {
+            Target::Endpoint(ep) => *ep == endpoint,
+            Target::Any => endpoint != "self",
+            Target::Service(name) => service.as_deref() == Some(name.as_str()),
         })?;
         st.faults.remove(pos).map(|(_, f)| f)
     }
@@ -442,6 +603,36 @@ impl Shared {
 // === impl Catalog ===
 
 impl Catalog {
+    fn insert_instance(&mut self, node: &str, id: &str, inst: Instance) {
+        self.remove_instance(node, id);
+        let key = (node.to_string(), id.to_string());
+        self.by_service
+            .entry(inst.service.clone())
+            .or_default()
+            .insert(key.clone());
+        self.instances.insert(key, inst);
+    }
+
+    fn remove_instance(&mut self, node: &str, id: &str) -> Option<Instance> {
+        let key = (node.to_string(), id.to_string());
+        let inst = self.instances.remove(&key)?;
+        if let Some(keys) = self.by_service.get_mut(&inst.service) {
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.by_service.remove(&inst.service);
+            }
+        }
+        Some(inst)
+    }
+
+    /// The checks of `node`, node checks and service checks.
+    fn checks_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = (&'a str, &'a CheckRec)> {
+        self.checks
+            .range((node.to_string(), String::new())..)
+            .take_while(move |((n, _), _)| n == node)
+            .map(|((_, id), c)| (id.as_str(), c))
+    }
+
     fn ensure_node(&mut self, node: &str, address: &str, i: u64) {
         let changed = self.nodes.get(node).is_none_or(|n| n.address != address);
         if !changed {
@@ -474,8 +665,8 @@ impl Catalog {
 
     fn services_on(&self, node: &str) -> BTreeSet<String> {
         self.instances
-            .iter()
-            .filter(|((n, _), _)| n == node)
+            .range((node.to_string(), String::new())..)
+            .take_while(|((n, _), _)| n == node)
             .map(|(_, inst)| inst.service.clone())
             .collect()
     }
@@ -507,17 +698,16 @@ impl Catalog {
         })
     }
 
-    fn health_service(&self, name: &str, passing: bool) -> (Value, u64) {
+    fn health_service(&self, name: &str, passing: bool) -> Value {
         let mut out = Vec::new();
-        for ((node, id), inst) in &self.instances {
-            if inst.service != name {
+        for (node, id) in self.by_service.get(name).into_iter().flatten() {
+            let Some(inst) = self.instances.get(&(node.clone(), id.clone())) else {
                 continue;
-            }
+            };
             let checks: Vec<Value> = self
-                .checks
-                .iter()
-                .filter(|((n, _), c)| n == node && (c.service_id.is_empty() || c.service_id == *id))
-                .map(|((n, cid), c)| self.check_json(n, cid, c))
+                .checks_on(node)
+                .filter(|(_, c)| c.service_id.is_empty() || c.service_id == *id)
+                .map(|(cid, c)| self.check_json(node, cid, c))
                 .collect();
             if passing && checks.iter().any(|c| c["Status"] != "passing") {
                 continue;
@@ -533,51 +723,68 @@ impl Catalog {
             }
             out.push(json!({"Node": self.node_json(node), "Service": service, "Checks": checks}));
         }
-        // A missing service answers with the services table index, like Consul's
-        // "service extinction" index.
-        let index = self
-            .service_index
-            .get(name)
-            .copied()
-            .unwrap_or(self.services_index);
-        (Value::Array(out), index)
+        Value::Array(out)
     }
 
-    fn render(&self, endpoint: &str, path: &str, params: &Params) -> Option<(Value, u64)> {
-        let rendered = match endpoint {
-            "self" => (
-                json!({"Config": {"Datacenter": self.datacenter, "NodeName": self.node_name,
-                    "Server": false, "Version": "1.20.0"}, "Member": {}, "Meta": {}}),
-                self.index,
-            ),
-            "services" => {
-                let mut map: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-                for inst in self.instances.values() {
-                    let tags = map.entry(&inst.service).or_default();
-                    tags.extend(inst.tags.iter().map(String::as_str));
-                }
-                (json!(map), self.services_index)
-            }
-            "health_state" => {
-                let checks: Vec<Value> = self
-                    .checks
-                    .iter()
-                    .map(|((n, id), c)| self.check_json(n, id, c))
-                    .collect();
-                (Value::Array(checks), self.health_index)
-            }
-            "nodes" => {
-                let nodes: Vec<Value> = self.nodes.keys().map(|n| self.node_json(n)).collect();
-                (Value::Array(nodes), self.nodes_index)
-            }
+    fn service_index(&self, name: &str) -> u64 {
+        // A missing service answers with the services table index, like Consul's
+        // "service extinction" index.
+        self.service_index
+            .get(name)
+            .copied()
+            .unwrap_or(self.services_index)
+    }
+
+    /// The index a blocking query on `endpoint` waits on; `None` for an unknown path.
+    fn index_of(&self, endpoint: &str, path: &str) -> Option<u64> {
+        Some(match endpoint {
+            "self" => self.index,
+            "services" => self.services_index,
+            "health_state" => self.health_index,
+            "nodes" => self.nodes_index,
             "health_service" => {
                 let name = path.strip_prefix("/v1/health/service/")?;
+                self.service_index(&percent_decode(name))
+            }
+            "query" => self.queries_index,
+            _ => return None,
+        })
+    }
+
+    /// The body of `endpoint`; only built once the index says the request returns.
+    fn body(&self, endpoint: &str, path: &str, params: &Params) -> Value {
+        match endpoint {
+            "self" => json!({"Config": {"Datacenter": self.datacenter, "NodeName": self.node_name,
+                    "Server": false, "Version": "1.20.0"}, "Member": {}, "Meta": {}}),
+            "services" => {
+                let map: BTreeMap<&str, BTreeSet<&str>> = self
+                    .by_service
+                    .iter()
+                    .map(|(name, keys)| {
+                        let tags = keys
+                            .iter()
+                            .filter_map(|k| self.instances.get(k))
+                            .flat_map(|inst| inst.tags.iter().map(String::as_str))
+                            .collect();
+                        (name.as_str(), tags)
+                    })
+                    .collect();
+                json!(map)
+            }
+            "health_state" => Value::Array(
+                self.checks
+                    .iter()
+                    .map(|((n, id), c)| self.check_json(n, id, c))
+                    .collect(),
+            ),
+            "nodes" => Value::Array(self.nodes.keys().map(|n| self.node_json(n)).collect()),
+            "health_service" => {
+                let name = path.strip_prefix("/v1/health/service/").unwrap_or("");
                 self.health_service(&percent_decode(name), params.passing)
             }
-            "query" => (Value::Array(self.queries.clone()), self.queries_index),
-            _ => return None,
-        };
-        Some(rendered)
+            "query" => Value::Array(self.queries.clone()),
+            _ => Value::Null,
+        }
     }
 }
 
@@ -611,9 +818,19 @@ impl axum::serve::Listener for CountingListener {
                 });
                 continue;
             }
+            let id = self.shared.next_conn.fetch_add(1, Ordering::SeqCst);
+            if let Ok(dup) = socket2::SockRef::from(&stream).try_clone() {
+                let mut sockets = self
+                    .shared
+                    .sockets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                sockets.insert(id, dup);
+            }
             let stream = CountedStream {
                 inner: stream,
                 shared: self.shared.clone(),
+                id,
             };
             return (stream, addr);
         }
@@ -628,6 +845,14 @@ impl axum::serve::Listener for CountingListener {
 
 impl Drop for CountedStream {
     fn drop(&mut self) {
+        // The duplicate goes first: while it is open the socket would outlive this stream.
+        let dup = self
+            .shared
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        drop(dup);
         self.shared.conns_now.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -662,12 +887,31 @@ impl AsyncWrite for CountedStream {
 
 // === the handler ===
 
-async fn handle(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
     let path = uri.path().to_string();
     let endpoint = endpoint(&path);
     shared.count(endpoint);
+    let token = headers
+        .get("X-Consul-Token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(t) = &token {
+        shared
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(t.clone());
+    }
+    let required = shared
+        .required_token
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if required.is_some() && required != token {
+        return plain(StatusCode::FORBIDDEN, "ACL not found");
+    }
     let params = parse_params(uri.query().unwrap_or(""));
-    if let Some(fault) = shared.take_fault(endpoint) {
+    if let Some(fault) = shared.take_fault(endpoint, &path) {
         return fault_response(fault).await;
     }
     // Subscribe before the first read so that no write between the read and the wait is missed.
@@ -677,13 +921,20 @@ async fn handle(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
     let jitter = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
     let deadline = Instant::now() + wait + jitter;
     loop {
-        let rendered = shared.lock().render(endpoint, &path, &params);
-        let Some((body, index)) = rendered else {
-            return plain(StatusCode::NOT_FOUND, "Not found");
+        let rendered = {
+            let st = shared.lock();
+            st.index_of(endpoint, &path).map(|index| {
+                let blocking = params.index > 0 && endpoint != "self" && endpoint != "query";
+                let returns = !blocking || index > params.index || Instant::now() >= deadline;
+                // Serialized under the lock, so that body and index always agree.
+                let body = returns.then(|| st.body(endpoint, &path, &params).to_string());
+                (body, index)
+            })
         };
-        let blocking = params.index > 0 && endpoint != "self" && endpoint != "query";
-        if !blocking || index > params.index || Instant::now() >= deadline {
-            return json_response(&body, index);
+        match rendered {
+            None => return plain(StatusCode::NOT_FOUND, "Not found"),
+            Some((Some(body), index)) => return json_response(body, index),
+            Some((None, _)) => {}
         }
         let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
     }
@@ -713,12 +964,12 @@ fn consul_headers(
         .header("X-Consul-Effective-Consistency", "stale")
 }
 
-fn json_response(body: &Value, index: u64) -> Response {
+fn json_response(body: String, index: u64) -> Response {
     let builder = consul_headers(Response::builder(), index)
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json");
     builder
-        .body(Body::from(body.to_string()))
+        .body(Body::from(body))
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response"))
 }
 
@@ -754,6 +1005,10 @@ async fn fault_response(fault: Fault) -> Response {
             .body(Body::from("[{\"Node\": {"))
             .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response")),
     }
+}
+
+fn bulk_node(n: usize) -> String {
+    format!("node{n:04}")
 }
 
 fn parse_params(query: &str) -> Params {

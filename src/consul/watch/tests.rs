@@ -209,3 +209,38 @@ fn unchanged_probe_keeps_entries() {
     f.store("web".into(), q, vec![], meta);
     assert_eq!(f.fetched["web"].entries.len(), 1);
 }
+
+/// The token comes from `token_file` when set (trimmed), else from the environment value the
+/// caller passes; blank means none.
+#[test]
+fn token_from_file_else_environment() {
+    let dir = std::env::temp_dir().join(format!("signpost-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("token");
+    std::fs::write(&path, "from-file\n").unwrap();
+    let overrides = crate::config::Overrides::default();
+    let mut config = crate::config::Config::parse("", &dir.join("signpost.toml"), &overrides)
+        .unwrap()
+        .consul;
+    assert_eq!(
+        token(&config, Some(" from-env ".into()))
+            .unwrap()
+            .as_deref(),
+        Some("from-env")
+    );
+    assert_eq!(token(&config, Some("  ".into())).unwrap(), None);
+    assert_eq!(token(&config, None).unwrap(), None);
+    config.token_file = Some(path.clone());
+    assert_eq!(
+        token(&config, Some("from-env".into())).unwrap().as_deref(),
+        Some("from-file")
+    );
+    config.token_file = Some(dir.join("missing"));
+    assert!(
+        token(&config, None)
+            .unwrap_err()
+            .to_string()
+            .contains("missing")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
