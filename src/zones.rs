@@ -1,4 +1,5 @@
-//! Static zones: RFC 1035 master files served authoritatively.
+//! Local data: RFC 1035 master files (`zones.dir`) and a hosts file (`zones.hosts`, [`hosts`])
+//! served authoritatively, reloaded when they change ([`reload`]).
 //!
 //! Files are parsed with hickory-proto's zone parser and every RRset is encoded once at load
 //! time, so an answer is a copy like the `.consul` path. Answers follow RFC 1034 §4.3.2: the
@@ -10,12 +11,19 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use hickory_proto::rr::{LowerName, Name, RecordSet, RecordType, RrKey};
+use hickory_proto::rr::{LowerName, Name, Record, RecordSet, RecordType, RrKey};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_proto::serialize::txt::Parser;
 
+use crate::config::ZonesConfig;
 use crate::consul::answer::Outcome;
 use crate::wire::{self, Query, rcode};
+
+pub mod hosts;
+pub mod reload;
+
+pub use hosts::Hosts;
+pub use reload::spawn_reload;
 
 /// A zone file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +33,11 @@ pub struct ZoneError {
     pub message: String,
 }
 
-/// Every static zone, loaded from `zones.dir`.
+/// Every static zone, loaded from `zones.dir`, and the hosts file.
 #[derive(Debug, Default)]
 pub struct Zones {
     zones: Vec<Zone>,
+    hosts: Hosts,
 }
 
 /// One zone: its encoded RRsets by (lowercase name, type).
@@ -57,6 +66,37 @@ const MAX_CNAME_CHAIN: usize = 8;
 // === impl Zones ===
 
 impl Zones {
+    /// Load `zones.dir` and `zones.hosts` (either may be unset).
+    pub fn load(config: &ZonesConfig) -> Result<Zones, ZoneError> {
+        let mut zones = match &config.dir {
+            Some(dir) => Zones::load_dir(dir)?,
+            None => Zones::default(),
+        };
+        if let Some(path) = &config.hosts {
+            zones.hosts = Hosts::load(path)?;
+        }
+        Ok(zones)
+    }
+
+    /// The hosts-file data.
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
+    }
+
+    /// Answer `query` for `name` (dotted lowercase, no final dot) from the hosts file, if it
+    /// lists the name.
+    pub fn answer_hosts(
+        &self,
+        name: &[u8],
+        query: &Query<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<Outcome> {
+        if self.hosts.is_empty() {
+            return None;
+        }
+        self.hosts.answer(name, query, out)
+    }
+
     /// Load every `*.zone` file in `dir`. The origin is the file's `$ORIGIN` or SOA owner, else
     /// the file name without `.zone`.
     pub fn load_dir(dir: &Path) -> Result<Zones, ZoneError> {
@@ -74,7 +114,10 @@ impl Zones {
             .iter()
             .map(|p| Zone::load(p))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Zones { zones })
+        Ok(Zones {
+            zones,
+            hosts: Hosts::default(),
+        })
     }
 
     /// The zones, for the router.
@@ -200,8 +243,12 @@ fn negative(query: &Query<'_>, soa: &Encoded, code: u8, out: &mut Vec<u8>) -> Ou
 }
 
 fn encode(set: &RecordSet) -> Result<Encoded, String> {
+    encode_records(set.records_without_rrsigs())
+}
+
+fn encode_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<Encoded, String> {
     let mut out = Encoded::default();
-    for record in set.records_without_rrsigs() {
+    for record in records {
         // Canonical form writes every name in full: the record is copied into responses at
         // other offsets, so a compression pointer into its own buffer would point elsewhere.
         let mut encoder = BinEncoder::new(&mut out.bytes);
