@@ -49,6 +49,7 @@ fn with_cache() -> CacheConfig {
         servfail_ttl: Duration::from_secs(5),
         serve_stale: Duration::ZERO,
         stale_ttl: Duration::from_secs(30),
+        stale_answer_timeout: Duration::from_millis(1800),
     }
 }
 

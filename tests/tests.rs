@@ -18,3 +18,5 @@ mod dns;
 mod forward;
 /// `/health`, `/ready`, `/metrics`, `/v1/catalog`.
 mod http;
+/// The forwarder inside the whole signpost: a real dnsmasq upstream, loop check, coalescing.
+mod forward_e2e;

@@ -4,3 +4,4 @@
 pub mod fake_consul;
 pub(crate) mod fake_upstream;
 pub(crate) mod signpost;
+pub(crate) mod dnsmasq;
