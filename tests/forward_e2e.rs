@@ -44,15 +44,23 @@ async fn dnsmasq_upstream_relay_and_cache_hits() {
     let consul = FakeConsul::start().await;
     let sp = Signpost::start(&config(&consul, &[dnsmasq.addr.to_string()])).await;
 
-    for (i, name) in ["www.example.test.", "WWW.Example.TEST.", "www.example.test."]
-        .iter()
-        .enumerate()
+    for (i, name) in [
+        "www.example.test.",
+        "WWW.Example.TEST.",
+        "www.example.test.",
+    ]
+    .iter()
+    .enumerate()
     {
         let m = sp.query(name, RecordType::A, Via::Udp).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "query {i}");
         assert_eq!(m.queries[0].name().to_ascii(), *name, "client's case kept");
         assert_eq!(m.answers.len(), 1);
-        assert!(lines(&m.answers)[0].ends_with("IN A 192.0.2.1"), "{:?}", lines(&m.answers));
+        assert!(
+            lines(&m.answers)[0].ends_with("IN A 192.0.2.1"),
+            "{:?}",
+            lines(&m.answers)
+        );
     }
     let m = sp.query("www.example.test.", RecordType::A, Via::Tcp).await;
     assert_eq!(m.answers.len(), 1);
@@ -66,7 +74,10 @@ async fn dnsmasq_upstream_relay_and_cache_hits() {
     let m = sp.query("elsewhere.test.", RecordType::A, Via::Udp).await;
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
     let (_, metrics) = sp.get("/metrics").await;
-    assert!(scrape(&metrics, "signpost_cache_hits_total") >= 3.0, "{metrics}");
+    assert!(
+        scrape(&metrics, "signpost_cache_hits_total") >= 3.0,
+        "{metrics}"
+    );
     sp.stop().await;
 }
 
@@ -98,7 +109,10 @@ async fn loop_check_disables_an_upstream_that_forwards_back() {
 
     assert!(
         eventually(Duration::from_secs(3), || async {
-            looping.log().iter().any(|l| l.contains("signpost-loop-check"))
+            looping
+                .log()
+                .iter()
+                .any(|l| l.contains("signpost-loop-check"))
         })
         .await,
         "the probe went through the looping upstream"
@@ -110,9 +124,18 @@ async fn loop_check_disables_an_upstream_that_forwards_back() {
         let m = ask(dns, &format!("n{i}.example.test."), RecordType::A, Via::Udp).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert!(lines(&m.answers)[0].ends_with("192.0.2.1"));
-        assert!(start.elapsed() < Duration::from_millis(500), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            start.elapsed()
+        );
     }
-    assert_eq!(looping.queries("A", "n0.example.test"), 0, "{:?}", looping.log());
+    assert_eq!(
+        looping.queries("A", "n0.example.test"),
+        0,
+        "{:?}",
+        looping.log()
+    );
     running.stop().await;
 }
 
@@ -120,17 +143,19 @@ async fn loop_check_disables_an_upstream_that_forwards_back() {
 /// one upstream query, and each gets the answer with its own socket and ID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_identical_misses_one_upstream_query() {
-    let upstream =
-        FakeUpstream::with(Behaviour::Slow(Duration::from_millis(300)), Ipv4Addr::new(10, 0, 0, 7))
-            .await;
+    let upstream = FakeUpstream::with(
+        Behaviour::Slow(Duration::from_millis(300)),
+        Ipv4Addr::new(10, 0, 0, 7),
+    )
+    .await;
     let consul = FakeConsul::start().await;
     let sp = Signpost::start(&config(&consul, &[upstream.addr.to_string()])).await;
     let dns = sp.dns;
     let clients: Vec<_> = (0..1000)
         .map(|_| {
-            tokio::spawn(async move {
-                ask(dns, "burst.example.org.", RecordType::A, Via::Udp).await
-            })
+            tokio::spawn(
+                async move { ask(dns, "burst.example.org.", RecordType::A, Via::Udp).await },
+            )
         })
         .collect();
     for client in clients {

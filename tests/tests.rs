@@ -16,7 +16,9 @@ mod consul_feed;
 mod dns;
 /// The forwarder against scripted fake upstreams.
 mod forward;
-/// `/health`, `/ready`, `/metrics`, `/v1/catalog`.
-mod http;
 /// The forwarder inside the whole signpost: a real dnsmasq upstream, loop check, coalescing.
 mod forward_e2e;
+/// `/health`, `/ready`, `/metrics`, `/v1/catalog`.
+mod http;
+/// Local data: zones and the hosts file, reloaded on change.
+mod local_data;

@@ -54,8 +54,14 @@ impl Dnsmasq {
             .expect("start dnsmasq");
         let log = Arc::new(Mutex::new(Vec::new()));
         for out in [
-            child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -74,7 +80,11 @@ impl Dnsmasq {
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         while !dnsmasq.log_contains("started") {
-            assert!(Instant::now() < deadline, "dnsmasq did not start: {:?}", dnsmasq.log());
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not start: {:?}",
+                dnsmasq.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         dnsmasq

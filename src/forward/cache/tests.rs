@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use hickory_proto::op::{Edns, MessageType, OpCode, Query};
-use hickory_proto::rr::{Name, Record, RecordType};
 use hickory_proto::rr::rdata::{A, SOA};
+use hickory_proto::rr::{Name, Record, RecordType};
 
 use super::*;
 use crate::wire;
