@@ -26,7 +26,7 @@ use crate::http::{self, HttpState, Readiness};
 use crate::metrics;
 use crate::router::Router;
 use crate::server::{Dispatcher, Local, tcp, udp};
-use crate::zones::{ZoneError, Zones};
+use crate::zones::{self, ZoneError, Zones};
 
 /// Why signpost could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,15 +73,8 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let readiness = Arc::new(Readiness::default());
     let domains = consul_domains(&config);
 
-    let forwarder = Arc::new(Forwarder::new(
-        &config.forward,
-        &config.cache,
-        &config.listen.dns,
-    )?);
-    let zones = match &config.zones.dir {
-        Some(dir) => Zones::load_dir(dir)?,
-        None => Zones::default(),
-    };
+    let forwarder = Forwarder::new(&config.forward, &config.cache, &config.listen.dns)?;
+    let zones = Zones::load(&config.zones)?;
     let origins: Vec<String> = zones.zones().iter().map(|z| z.origin.clone()).collect();
     let local = Arc::new(ArcSwap::from_pointee(Local {
         router: Router::new(&domains, &origins),
@@ -91,7 +84,18 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         &domains,
         &config.dns,
     )));
-    let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&table), local, forwarder));
+    // Local data is polled and swapped on change (issue 6).
+    let reload = zones::spawn_reload(
+        &config.zones,
+        domains.clone(),
+        Arc::clone(&local),
+        shutdown_rx.clone(),
+    );
+    let dispatcher = Arc::new(Dispatcher::new(
+        Arc::clone(&table),
+        local,
+        Arc::new(forwarder.clone()),
+    ));
     let srv_data = Arc::new(ArcSwap::from_pointee(Bytes::new()));
 
     let mut tasks = Vec::new();
@@ -178,6 +182,9 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         }
     };
     tasks.push(tokio::spawn(upkeep(prometheus, shutdown_rx)));
+    tasks.push(reload);
+    // Once the listeners are bound: disable any upstream that forwards back to us (issue 6).
+    tasks.push(tokio::spawn(forwarder.check_loops()));
     readiness.listeners_bound.store(true, Ordering::Release);
     Ok(Running {
         dns_addrs,

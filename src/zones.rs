@@ -1,4 +1,5 @@
-//! Static zones: RFC 1035 master files served authoritatively.
+//! Local data: RFC 1035 master files (`zones.dir`) and a hosts file (`zones.hosts`, [`hosts`])
+//! served authoritatively, reloaded when they change ([`reload`]).
 //!
 //! Files are parsed with hickory-proto's zone parser and every RRset is encoded once at load
 //! time, so an answer is a copy like the `.consul` path. Answers follow RFC 1034 §4.3.2: the
@@ -10,12 +11,19 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use hickory_proto::rr::{LowerName, Name, RecordSet, RecordType, RrKey};
+use hickory_proto::rr::{LowerName, Name, Record, RecordSet, RecordType, RrKey};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_proto::serialize::txt::Parser;
 
+use crate::config::ZonesConfig;
 use crate::consul::answer::Outcome;
 use crate::wire::{self, Query, rcode};
+
+pub mod hosts;
+pub mod reload;
+
+pub use hosts::Hosts;
+pub use reload::spawn_reload;
 
 /// A zone file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +33,11 @@ pub struct ZoneError {
     pub message: String,
 }
 
-/// Every static zone, loaded from `zones.dir`.
+/// Every static zone, loaded from `zones.dir`, and the hosts file.
 #[derive(Debug, Default)]
 pub struct Zones {
     zones: Vec<Zone>,
+    hosts: Hosts,
 }
 
 /// One zone: its encoded RRsets by (lowercase name, type).
@@ -57,6 +66,37 @@ const MAX_CNAME_CHAIN: usize = 8;
 // === impl Zones ===
 
 impl Zones {
+    /// Load `zones.dir` and `zones.hosts` (either may be unset).
+    pub fn load(config: &ZonesConfig) -> Result<Zones, ZoneError> {
+        let mut zones = match &config.dir {
+            Some(dir) => Zones::load_dir(dir)?,
+            None => Zones::default(),
+        };
+        if let Some(path) = &config.hosts {
+            zones.hosts = Hosts::load(path)?;
+        }
+        Ok(zones)
+    }
+
+    /// The hosts-file data.
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
+    }
+
+    /// Answer `query` for `name` (dotted lowercase, no final dot) from the hosts file, if it
+    /// lists the name.
+    pub fn answer_hosts(
+        &self,
+        name: &[u8],
+        query: &Query<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<Outcome> {
+        if self.hosts.is_empty() {
+            return None;
+        }
+        self.hosts.answer(name, query, out)
+    }
+
     /// Load every `*.zone` file in `dir`. The origin is the file's `$ORIGIN` or SOA owner, else
     /// the file name without `.zone`.
     pub fn load_dir(dir: &Path) -> Result<Zones, ZoneError> {
@@ -74,7 +114,10 @@ impl Zones {
             .iter()
             .map(|p| Zone::load(p))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Zones { zones })
+        Ok(Zones {
+            zones,
+            hosts: Hosts::default(),
+        })
     }
 
     /// The zones, for the router.
@@ -114,9 +157,13 @@ impl Zone {
             n.set_fqdn(true);
             n
         });
-        let (origin, records) = Parser::new(text, Some(path.to_path_buf()), origin)
-            .parse()
-            .map_err(|e| err(e.to_string()))?;
+        let (origin, records) =
+            Parser::new(text.as_str(), Some(path.to_path_buf()), origin.clone())
+                .parse()
+                .map_err(|e| match failing_line(&text, path, origin) {
+                    Some(line) => err(format!("line {line}: {e}")),
+                    None => err(e.to_string()),
+                })?;
         Self::from_records(&origin, records).map_err(err)
     }
 
@@ -190,6 +237,49 @@ impl Zone {
     }
 }
 
+/// The line of `text` where parsing first fails: hickory's parser does not say, so find the
+/// shortest failing prefix that ends outside parentheses (RFC 1035 §5.1: a record may span
+/// lines inside `( )`) by bisection. Only whole-record prefixes are compared, and once a bad
+/// record is in a prefix every longer one fails too, so the search is sound; it costs a few
+/// parses, on the error path only.
+fn failing_line(text: &str, path: &Path, origin: Option<Name>) -> Option<usize> {
+    let mut ends = Vec::new(); // (line number, byte offset after the line)
+    let mut depth = 0i32;
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        offset += line.len();
+        let mut quoted = false;
+        for c in line.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                ';' if !quoted => break,
+                '(' if !quoted => depth += 1,
+                ')' if !quoted => depth -= 1,
+                _ => {}
+            }
+        }
+        if depth <= 0 {
+            depth = 0;
+            ends.push((index + 1, offset));
+        }
+    }
+    let fails = |end: usize| {
+        Parser::new(&text[..end], Some(path.to_path_buf()), origin.clone())
+            .parse()
+            .is_err()
+    };
+    let (mut lo, mut hi) = (0, ends.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if fails(ends[mid].1) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    ends.get(lo).map(|(line, _)| *line)
+}
+
 /// NXDOMAIN or NODATA with the zone's SOA in the authority section (RFC 2308 §2).
 fn negative(query: &Query<'_>, soa: &Encoded, code: u8, out: &mut Vec<u8>) -> Outcome {
     wire::begin_response(out, query, code, true);
@@ -200,8 +290,12 @@ fn negative(query: &Query<'_>, soa: &Encoded, code: u8, out: &mut Vec<u8>) -> Ou
 }
 
 fn encode(set: &RecordSet) -> Result<Encoded, String> {
+    encode_records(set.records_without_rrsigs())
+}
+
+fn encode_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<Encoded, String> {
     let mut out = Encoded::default();
-    for record in set.records_without_rrsigs() {
+    for record in records {
         // Canonical form writes every name in full: the record is copied into responses at
         // other offsets, so a compression pointer into its own buffer would point elsewhere.
         let mut encoder = BinEncoder::new(&mut out.bytes);
@@ -286,6 +380,20 @@ mod tests {
         let m = ask(&z, "nope.example.org.", RecordType::A);
         assert_eq!(m.metadata.response_code.low(), 3);
         assert_eq!(m.authorities[0].record_type(), RecordType::SOA);
+    }
+
+    /// A broken master file is reported with its path and the line (what the reload task
+    /// logs while it keeps the previous data).
+    #[test]
+    fn broken_zone_error_names_path_and_line() {
+        let dir = std::env::temp_dir().join(format!("signpost-zone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("broken.test.zone");
+        std::fs::write(&path, "$ORIGIN broken.test.\n@ 60 IN SOA a b (\n 1 2 3 4 5 )\nok IN A 192.0.2.1\nwww IN A\nz IN A 192.0.2.2\n").unwrap();
+        let err = Zone::load(&path).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(err.contains("broken.test.zone"), "{err}");
+        assert!(err.contains("line 5:"), "{err}");
     }
 
     /// A zone without an SOA is refused at load time with a message naming it.

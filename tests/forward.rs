@@ -49,6 +49,7 @@ fn with_cache() -> CacheConfig {
         servfail_ttl: Duration::from_secs(5),
         serve_stale: Duration::ZERO,
         stale_ttl: Duration::from_secs(30),
+        stale_answer_timeout: Duration::from_millis(1800),
     }
 }
 
@@ -632,4 +633,98 @@ async fn stale_answer_served_when_upstreams_fail() {
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert_eq!(a_records(&reply), vec![ip(1)]);
     assert_eq!(reply.answers[0].ttl, 30);
+}
+
+/// A silent first upstream costs `sequential` two timeouts, then it is skipped (queries go
+/// straight to the second) and probed with `. IN NS`; once it answers again it is used again.
+/// When every upstream is down, SERVFAIL comes at once instead of after the timeouts.
+#[tokio::test]
+async fn dead_upstream_skipped_then_probed_back() {
+    let first = FakeUpstream::with(Behaviour::Silent, ip(1)).await;
+    let second = FakeUpstream::with(Behaviour::Answer, ip(2)).await;
+    let forwarder = forwarder(&[&first, &second], no_cache());
+    let ask = |id: u16| {
+        let forwarder = forwarder.clone();
+        async move {
+            let start = Instant::now();
+            let reply = forwarder
+                .resolve(&query(id, "www.example.org.", RecordType::A), Proto::Udp)
+                .await;
+            (parse(&reply), start.elapsed())
+        }
+    };
+    for id in 0..2 {
+        let (reply, took) = ask(id).await;
+        assert_eq!(a_records(&reply), vec![ip(2)]);
+        assert!(took >= TIMEOUT, "{took:?}");
+    }
+    let (reply, took) = ask(2).await;
+    assert_eq!(a_records(&reply), vec![ip(2)]);
+    assert!(took < TIMEOUT / 2, "down upstream skipped: {took:?}");
+    assert_eq!(first.queries(), 2);
+
+    first.set_behaviour(Behaviour::Answer);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (reply, _) = ask(3).await;
+        if a_records(&reply) == vec![ip(1)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never probed back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(first.probes() >= 1);
+
+    first.set_behaviour(Behaviour::Silent);
+    second.set_behaviour(Behaviour::Silent);
+    for id in 10..12 {
+        ask(id).await;
+    }
+    let (reply, took) = ask(12).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert!(took < TIMEOUT / 2, "all down fails fast: {took:?}");
+}
+
+/// RFC 8767 §5: with a stale entry and a slow upstream, the client gets the stale answer (TTL
+/// `stale_ttl`) at the client response timer; the refresh carries on and fills the cache, so
+/// the next query is a fresh hit without another upstream query.
+#[tokio::test]
+async fn stale_answer_at_client_response_timer() {
+    let fake = FakeUpstream::start(Answer::a(ip(1), 1)).await;
+    let cache = CacheConfig {
+        serve_stale: Duration::from_secs(60),
+        stale_answer_timeout: Duration::from_millis(100),
+        ..with_cache()
+    };
+    let config = ForwardConfig {
+        timeout: Duration::from_secs(2),
+        ..forward_config(&[&fake])
+    };
+    let forwarder = Forwarder::new(&config, &cache, &[]).unwrap();
+    forwarder
+        .resolve(&query(1, "www.example.org.", RecordType::A), Proto::Udp)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    fake.set_answer(Answer::a(ip(2), 300));
+    fake.set_behaviour(Behaviour::Slow(Duration::from_millis(400)));
+    let start = Instant::now();
+    let reply = parse(
+        &forwarder
+            .resolve(&query(2, "www.example.org.", RecordType::A), Proto::Udp)
+            .await,
+    );
+    let took = start.elapsed();
+    assert_eq!(a_records(&reply), vec![ip(1)]);
+    assert_eq!(reply.answers[0].ttl, 30);
+    assert!(took < Duration::from_millis(350), "{took:?}");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reply = parse(
+        &forwarder
+            .resolve(&query(3, "www.example.org.", RecordType::A), Proto::Udp)
+            .await,
+    );
+    assert_eq!(a_records(&reply), vec![ip(2)]);
+    assert_eq!(fake.queries(), 2);
 }

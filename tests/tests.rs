@@ -23,7 +23,11 @@ mod dns;
 mod emit;
 /// The forwarder against scripted fake upstreams.
 mod forward;
+/// The forwarder inside the whole signpost: a real dnsmasq upstream, loop check, coalescing.
+mod forward_e2e;
 /// A real HAProxy fed by signpost's SRV records follows the catalog.
 mod haproxy_srv;
 /// `/health`, `/ready`, `/metrics`, `/v1/catalog`.
 mod http;
+/// Local data: zones and the hosts file, reloaded on change.
+mod local_data;

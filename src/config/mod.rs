@@ -168,6 +168,10 @@ pub struct CacheConfig {
     pub serve_stale: Duration,
     /// TTL of a stale answer.
     pub stale_ttl: Duration,
+    /// RFC 8767 §5 client response timer: how long a client whose question has a stale entry
+    /// waits for the upstream before it gets the stale answer (the refresh goes on). Zero: only
+    /// when every upstream has failed.
+    pub stale_answer_timeout: Duration,
 }
 
 /// `[zones]`

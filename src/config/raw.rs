@@ -210,6 +210,9 @@ pub(super) struct RawCache {
     /// TTL of a stale answer.
     #[serde(default = "default_stale_ttl")]
     pub(super) stale_ttl: RawDuration,
+    /// How long a client waits for the upstream before a stale answer is served (RFC 8767 §5).
+    #[serde(default = "default_stale_answer_timeout")]
+    pub(super) stale_answer_timeout: RawDuration,
 }
 
 /// `[zones]`
@@ -403,6 +406,11 @@ pub(super) fn default_serve_stale() -> RawDuration {
 pub(super) fn default_stale_ttl() -> RawDuration {
     RawDuration::text("30s")
 }
+/// RFC 8767 §5: "the client response timer ... is 1.8 seconds" (Unbound's
+/// serve-expired-client-timeout 1800).
+pub(super) fn default_stale_answer_timeout() -> RawDuration {
+    RawDuration::text("1800ms")
+}
 pub(super) fn default_wait_min() -> RawDuration {
     RawDuration::text("2s")
 }
@@ -497,6 +505,7 @@ impl Default for RawCache {
             servfail_ttl: default_servfail_ttl(),
             serve_stale: default_serve_stale(),
             stale_ttl: default_stale_ttl(),
+            stale_answer_timeout: default_stale_answer_timeout(),
         }
     }
 }

@@ -135,6 +135,7 @@ fn defaults_match_the_contract() {
     assert_eq!(c.cache.servfail_ttl, Duration::from_secs(5));
     assert_eq!(c.cache.serve_stale, Duration::from_secs(86400));
     assert_eq!(c.cache.stale_ttl, Duration::from_secs(30));
+    assert_eq!(c.cache.stale_answer_timeout, Duration::from_millis(1800));
 
     assert_eq!(c.zones.dir, None);
     assert_eq!(c.zones.hosts, None);

@@ -698,6 +698,11 @@ fn cache(raw: &RawCache, src: &Source) -> Result<CacheConfig, ConfigError> {
             "must be above 0 while cache.serve_stale is on",
         ));
     }
+    let stale_answer_timeout = duration(
+        src,
+        &KeyPath::new("cache.stale_answer_timeout"),
+        &raw.stale_answer_timeout,
+    )?;
     Ok(CacheConfig {
         size: raw.size,
         min_ttl,
@@ -706,6 +711,7 @@ fn cache(raw: &RawCache, src: &Source) -> Result<CacheConfig, ConfigError> {
         servfail_ttl,
         serve_stale,
         stale_ttl,
+        stale_answer_timeout,
     })
 }
 

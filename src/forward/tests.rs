@@ -28,7 +28,7 @@ fn pool(strategy: Strategy, n: u16) -> Pool {
         targets: (0..n)
             .map(|i| {
                 let addr = SocketAddr::from(([10, 0, 0, 1], 5300 + i));
-                Target::new(addr, addr.to_string())
+                Arc::new(Target::new(addr, addr.to_string()))
             })
             .collect(),
         strategy,
@@ -107,4 +107,23 @@ fn fastest_orders_by_smoothed_rtt() {
     assert_eq!(pool.order(), vec![2, 1, 0]);
     pool.targets[2].observe(Outcome::Ok, Duration::from_millis(50), timeout);
     assert_eq!(pool.order(), vec![1, 2, 0]);
+}
+
+/// Two timeouts in a row mark an upstream down: every strategy skips it until a reply (from the
+/// probe) brings it back; a reply of any rcode resets the count.
+#[tokio::test]
+async fn failing_upstream_is_skipped_until_it_answers() {
+    let pool = pool(Strategy::Sequential, 2);
+    let timeout = Duration::from_secs(2);
+    pool.targets[0].record_failure(timeout);
+    assert_eq!(pool.order(), vec![0, 1], "one failure is not enough");
+    pool.targets[0].record_failure(timeout);
+    assert_eq!(pool.order(), vec![1]);
+    pool.targets[1].disable();
+    assert!(pool.order().is_empty(), "all down: nothing is sprayed");
+    assert!(!pool.is_empty(), "down is not disabled");
+    pool.targets[0].record_alive();
+    assert_eq!(pool.order(), vec![0]);
+    pool.targets[0].disable();
+    assert!(pool.is_empty());
 }

@@ -5,14 +5,25 @@
 //! (RFC 5452 §4.1, §9.1). The client's message is otherwise sent unchanged (flags, EDNS OPT and
 //! its options, the question as written), as Consul's recursor path does
 //! (`reference/consul-dns.md` §5.1). A UDP reply with TC set is retried over TCP (RFC 7766 §5).
+//!
+//! In-band health, as CoreDNS `forward` does it: [`MAX_FAILS`] timeouts or network errors in a
+//! row mark an upstream down; a down upstream is skipped by every strategy and probed with
+//! `. IN NS` every [`PROBE_INTERVAL`] until anything answers, then it is back. So a dead first
+//! upstream costs `sequential` two timeouts, not one per query. A reply of any rcode proves
+//! the server is alive: SERVFAIL or REFUSED still moves a query on, but does not mark it down
+//! (a resolver that cannot reach one zone is not dead). Health is judged per upstream attempt,
+//! never per client: a coalesced round that fails is one failure however many clients waited
+//! on it (coredns#717). An upstream found to loop back to signpost at start is disabled for
+//! good ([`Target::disable`]).
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
 use metrics::{Counter, Histogram};
 use rand::seq::SliceRandom;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,6 +37,10 @@ use crate::wire::Proto;
 
 /// Room for any DNS message over UDP (RFC 6891 §6.2.5 caps the payload at 65535).
 const MAX_UDP_REPLY: usize = 65_535;
+/// Timeouts or network errors in a row that mark an upstream down (CoreDNS `max_fails 2`).
+pub(crate) const MAX_FAILS: u32 = 2;
+/// How often a down upstream is probed (CoreDNS `health_check 0.5s`).
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// An upstream reply that passed the checks, with the client's ID not yet restored.
 #[derive(Debug)]
@@ -66,6 +81,12 @@ pub(crate) struct Target {
     pub(crate) label: String,
     /// Smoothed RTT in microseconds (0 = not measured yet), for [`Strategy::Fastest`].
     srtt_micros: AtomicU64,
+    /// Timeouts and network errors in a row.
+    fails: AtomicU32,
+    /// Skipped and probed until it answers.
+    down: AtomicBool,
+    /// Loops back to signpost: never used again.
+    disabled: AtomicBool,
     /// Built on first use, so that a recorder installed after [`crate::forward::Forwarder::new`]
     /// still sees them.
     handles: OnceLock<TargetHandles>,
@@ -80,7 +101,7 @@ struct TargetHandles {
 /// A list of upstreams and the strategy that orders them.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    pub(crate) targets: Vec<Target>,
+    pub(crate) targets: Vec<Arc<Target>>,
     pub(crate) strategy: Strategy,
 }
 
@@ -146,7 +167,41 @@ impl Target {
             addr,
             label,
             srtt_micros: AtomicU64::new(0),
+            fails: AtomicU32::new(0),
+            down: AtomicBool::new(false),
+            disabled: AtomicBool::new(false),
             handles: OnceLock::new(),
+        }
+    }
+
+    /// Whether queries may go to this upstream now.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.down.load(Ordering::Relaxed) && !self.disabled.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+
+    /// Never use this upstream again (it forwards back to signpost).
+    pub(crate) fn disable(&self) {
+        self.disabled.store(true, Ordering::Relaxed);
+    }
+
+    /// Count a timeout or network error; the [`MAX_FAILS`]th in a row marks the upstream down
+    /// and starts the probe (only one probe per down period: `swap` decides who starts it).
+    pub(crate) fn record_failure(self: &Arc<Self>, timeout: Duration) {
+        let fails = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if fails >= MAX_FAILS && !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(upstream = %self.label, fails, "upstream marked down; probing it until it answers");
+            tokio::spawn(probe(Arc::downgrade(self), timeout));
+        }
+    }
+
+    pub(crate) fn record_alive(&self) {
+        self.fails.store(0, Ordering::Relaxed);
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(upstream = %self.label, "upstream answers again");
         }
     }
 
@@ -159,9 +214,9 @@ impl Target {
         })
     }
 
-    /// Ask this upstream; record the outcome, the duration and the smoothed RTT.
+    /// Ask this upstream; record the outcome, the duration, the smoothed RTT and its health.
     pub(crate) async fn ask(
-        &self,
+        self: &Arc<Self>,
         request: &[u8],
         question: &Query,
         proto: Proto,
@@ -175,6 +230,10 @@ impl Target {
         handles.results[outcome as usize].increment(1);
         handles.duration.record(elapsed.as_secs_f64());
         self.observe(outcome, elapsed, timeout);
+        match &result {
+            Err(ExchangeError::Timeout | ExchangeError::Io(_)) => self.record_failure(timeout),
+            _ => self.record_alive(),
+        }
         (outcome, result)
     }
 
@@ -200,9 +259,12 @@ impl Target {
 // === impl Pool ===
 
 impl Pool {
-    /// The order in which to try the targets for one query.
+    /// The order in which to try the targets for one query: usable targets only (down and
+    /// disabled ones are skipped), so it is empty when every upstream is down.
     pub(crate) fn order(&self) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.targets.len()).collect();
+        let mut order: Vec<usize> = (0..self.targets.len())
+            .filter(|&i| self.targets[i].is_usable())
+            .collect();
         match self.strategy {
             Strategy::Sequential => {}
             Strategy::Random => order.shuffle(&mut rand::rng()),
@@ -212,6 +274,41 @@ impl Pool {
             }
         }
         order
+    }
+
+    /// Whether every target is disabled (or there are none): such a pool refuses, like an
+    /// empty upstream list.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.targets.iter().all(|t| t.is_disabled())
+    }
+}
+
+/// Probe a down upstream with `. IN NS` (as CoreDNS) every [`PROBE_INTERVAL`] until any
+/// matching reply comes back. Holds only a weak reference between probes, so a dropped
+/// forwarder ends it.
+async fn probe(target: Weak<Target>, timeout: Duration) {
+    let question = Query::query(Name::root(), RecordType::NS);
+    let mut message = Message::query();
+    message.add_query(question.clone());
+    let Ok(request) = message.to_vec() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(target) = target.upgrade() else {
+            return;
+        };
+        if target.is_disabled() || !target.down.load(Ordering::Relaxed) {
+            return;
+        }
+        let probe_timeout = timeout.min(PROBE_INTERVAL * 4);
+        if exchange_udp(target.addr, &request, &question, probe_timeout)
+            .await
+            .is_ok()
+        {
+            target.record_alive();
+            return;
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use hickory_proto::op::Message;
 
-use crate::consul::answer::AnswerTable;
+use crate::consul::answer::{AnswerTable, Outcome};
 use crate::forward::Forwarder;
 use crate::metrics::{DnsMetrics, Zone};
 use crate::router::{Route, Router};
@@ -95,7 +95,29 @@ impl Dispatcher {
         let local = self.local.load();
         let (route, rel) = local.router.route(name);
         let (zone, outcome) = match route {
-            Route::Forward => return Handled::Forward,
+            // Names for the forwarder (issue 6), answered here when possible: the hosts file
+            // first (local data beats the upstream, as dnsmasq's /etc/hosts); then a fresh
+            // cache hit, written straight into `out` (no task, no lock, no hickory parsing);
+            // a loop-check probe of ours that came back through an upstream is recorded and
+            // refused instead of going round the loop. Only what is left awaits an upstream.
+            Route::Forward => {
+                if let Some(outcome) = local.zones.answer_hosts(name, &query, out) {
+                    (Zone::Static, outcome)
+                } else if self.forwarder.answer_cached(&query, proto, out) {
+                    let code = out.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0F);
+                    (Zone::Forward, Outcome { rcode: code })
+                } else if self.forwarder.is_loop_probe(name) {
+                    wire::error_response(out, &query, rcode::REFUSED);
+                    (
+                        Zone::Forward,
+                        Outcome {
+                            rcode: rcode::REFUSED,
+                        },
+                    )
+                } else {
+                    return Handled::Forward;
+                }
+            }
             Route::Consul { domain } => {
                 let table = self.table.load();
                 (Zone::Consul, table.answer(&query, rel, domain, proto, out))

@@ -3,7 +3,10 @@
 //! It answers every question with the configured [`Answer`] (or the one mapped to the name),
 //! echoes the client's EDNS (payload size, DO, options) and adds its own option
 //! ([`FAKE_OPTION_CODE`]) so tests can see EDNS relayed both ways. Its [`Behaviour`] can be
-//! switched while it runs, and it counts the queries it receives per transport.
+//! switched while it runs, and it counts the queries it receives per transport. signpost's own
+//! probes (the health check's `. IN NS`, the start-up loop check under `signpost-loop-check.`)
+//! are counted apart, in [`FakeUpstream::probes`], so that query counts prove cache hits and
+//! coalescing exactly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -67,6 +70,7 @@ struct State {
     names: Mutex<HashMap<Name, Answer>>,
     udp_queries: AtomicUsize,
     tcp_queries: AtomicUsize,
+    probes: AtomicUsize,
     last_query: Mutex<Option<Message>>,
 }
 
@@ -159,6 +163,7 @@ impl FakeUpstream {
             names: Mutex::new(HashMap::new()),
             udp_queries: AtomicUsize::new(0),
             tcp_queries: AtomicUsize::new(0),
+            probes: AtomicUsize::new(0),
             last_query: Mutex::new(None),
         });
         let tasks = vec![
@@ -201,6 +206,11 @@ impl FakeUpstream {
         self.udp_queries() + self.tcp_queries()
     }
 
+    /// Health-check and loop-check probes received (not in [`FakeUpstream::queries`]).
+    pub(crate) fn probes(&self) -> usize {
+        self.state.probes.load(Ordering::SeqCst)
+    }
+
     /// The last query received, as parsed.
     pub(crate) fn last_query(&self) -> Option<Message> {
         self.state.last_query.lock().unwrap().clone()
@@ -215,16 +225,32 @@ impl Drop for FakeUpstream {
     }
 }
 
+impl State {
+    /// Count `query` as a probe or in `counter`.
+    fn count(&self, query: &Message, counter: &AtomicUsize) {
+        let probe = query.queries.first().is_some_and(|q| {
+            let name = q.name().to_ascii().to_ascii_lowercase();
+            name == "." || name.ends_with(".signpost-loop-check.")
+        });
+        if probe {
+            self.probes.fetch_add(1, Ordering::SeqCst);
+        } else {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 async fn serve_udp(socket: Arc<UdpSocket>, state: Arc<State>) {
     let mut buf = vec![0u8; 65535];
     loop {
         let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        state.udp_queries.fetch_add(1, Ordering::SeqCst);
         let Ok(query) = Message::from_vec(&buf[..len]) else {
+            state.udp_queries.fetch_add(1, Ordering::SeqCst);
             continue;
         };
+        state.count(&query, &state.udp_queries);
         *state.last_query.lock().unwrap() = Some(query.clone());
         let socket = socket.clone();
         let state = state.clone();
@@ -255,10 +281,11 @@ async fn serve_tcp_connection(mut stream: TcpStream, state: Arc<State>) {
         if stream.read_exact(&mut buf).await.is_err() {
             return;
         }
-        state.tcp_queries.fetch_add(1, Ordering::SeqCst);
         let Ok(query) = Message::from_vec(&buf) else {
+            state.tcp_queries.fetch_add(1, Ordering::SeqCst);
             return;
         };
+        state.count(&query, &state.tcp_queries);
         *state.last_query.lock().unwrap() = Some(query.clone());
         for (delay, reply) in replies(&state, &query, true).await {
             tokio::time::sleep(delay).await;

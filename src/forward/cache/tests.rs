@@ -1,10 +1,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use hickory_proto::op::{Edns, MessageType, OpCode, Query};
-use hickory_proto::rr::Record;
 use hickory_proto::rr::rdata::{A, SOA};
+use hickory_proto::rr::{Name, Record, RecordType};
 
 use super::*;
+use crate::wire;
 
 fn config() -> CacheConfig {
     CacheConfig {
@@ -15,6 +16,7 @@ fn config() -> CacheConfig {
         servfail_ttl: Duration::from_secs(5),
         serve_stale: Duration::from_secs(60),
         stale_ttl: Duration::from_secs(30),
+        stale_answer_timeout: Duration::from_millis(1800),
     }
 }
 
@@ -111,90 +113,130 @@ fn negative_ttl_from_soa() {
     assert_eq!(cache.ttl_of(&truncated), None);
 }
 
-/// The key ignores case but not the DO bit, the type or the presence of EDNS.
+/// The wire form of `message`, and the key of its question.
+fn wire_and_key(message: &Message) -> (Vec<u8>, KeyBuf) {
+    let wire = message.to_vec().unwrap();
+    let key = KeyBuf::of(&wire::Query::parse(&wire).unwrap()).unwrap();
+    (wire, key)
+}
+
+fn key_of(message: &Message) -> Vec<u8> {
+    wire_and_key(message).1.as_bytes().to_vec()
+}
+
+/// The key ignores case but not the DO bit, the type, the presence of EDNS or the ECS subnet.
 #[test]
 fn key_separates_what_changes_the_answer() {
-    let plain = CacheKey::of(&request("WWW.example.org.")).unwrap();
-    assert_eq!(plain, CacheKey::of(&request("www.EXAMPLE.org.")).unwrap());
+    let plain = key_of(&request("WWW.example.org."));
+    assert_eq!(plain, key_of(&request("www.EXAMPLE.org.")));
     let mut with_edns = request("www.example.org.");
     with_edns.set_edns(Edns::new());
-    let edns_key = CacheKey::of(&with_edns).unwrap();
+    let edns_key = key_of(&with_edns);
     assert_ne!(plain, edns_key);
     with_edns.edns.as_mut().unwrap().set_dnssec_ok(true);
-    assert_ne!(edns_key, CacheKey::of(&with_edns).unwrap());
+    assert_ne!(edns_key, key_of(&with_edns));
+    let mut aaaa = request("www.example.org.");
+    aaaa.queries[0].set_query_type(RecordType::AAAA);
+    assert_ne!(plain, key_of(&aaaa));
+
+    use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+    let subnet = |net: &str| {
+        let mut m = request("www.example.org.");
+        let mut edns = Edns::new();
+        let subnet: ClientSubnet = net.parse().unwrap();
+        edns.options_mut().insert(EdnsOption::Subnet(subnet));
+        m.set_edns(edns);
+        key_of(&m)
+    };
+    assert_ne!(subnet("192.0.2.0/24"), subnet("198.51.100.0/24"));
+    assert_eq!(subnet("192.0.2.0/24"), subnet("192.0.2.0/24"));
 }
 
 /// An entry is fresh for its TTL, then stale for `serve_stale`, then gone; TTLs count down on
 /// each hit and a stale answer carries `stale_ttl`.
-#[tokio::test]
-async fn entries_age_with_now() {
+#[test]
+fn entries_age_with_now() {
     let cache = Cache::new(&config()).unwrap();
     let message = answer(ResponseCode::NoError, &[100], None);
     let wire: Arc<[u8]> = message.to_vec().unwrap().into();
-    let key = CacheKey::of(&request("www.example.org.")).unwrap();
+    let (_, key) = wire_and_key(&request("www.example.org."));
     let t0 = Instant::now();
-    cache.insert_answer(key.clone(), &message, wire, t0).await;
+    cache.insert_answer(key.to_key(), &message, wire, t0);
 
-    let client = request("WWW.example.org.");
-    let client_wire = client.to_vec().unwrap();
+    let (client_wire, _) = wire_and_key(&request("www.example.org."));
+    // The client's own case: hickory writes lowercase, so patch it in.
+    let mut client_wire = client_wire;
+    client_wire[13..16].copy_from_slice(b"WWW");
+    let client = wire::Query::parse(&client_wire).unwrap();
     let at = |s: u64| t0 + Duration::from_secs(s);
-    let Lookup::Fresh(entry) = cache.get(&key, at(40)).await else {
+    let Lookup::Fresh(entry) = cache.get(key.as_bytes(), at(40)) else {
         panic!("not fresh at 40 s")
     };
-    let hit = Message::from_vec(&entry.answer(&client_wire, &client, at(40)).unwrap()).unwrap();
+    let mut out = Vec::new();
+    assert!(entry.answer(&client, at(40), &mut out));
+    let hit = Message::from_vec(&out).unwrap();
     assert_eq!(hit.metadata.id, 0x4242);
     assert_eq!(hit.queries[0].name().to_ascii(), "WWW.example.org.");
     assert_eq!(hit.answers[0].ttl, 60);
 
-    let Lookup::Stale(entry) = cache.get(&key, at(130)).await else {
+    let Lookup::Stale(entry) = cache.get(key.as_bytes(), at(130)) else {
         panic!("not stale at 130 s")
     };
-    let stale = Message::from_vec(
-        &entry
-            .answer_stale(&client_wire, &client, Duration::from_secs(30))
-            .unwrap(),
-    )
-    .unwrap();
+    assert!(entry.answer_stale(&client, Duration::from_secs(30), &mut out));
+    let stale = Message::from_vec(&out).unwrap();
     assert_eq!(stale.answers[0].ttl, 30);
-    assert!(matches!(cache.get(&key, at(161)).await, Lookup::Miss));
+    assert!(matches!(cache.get(key.as_bytes(), at(161)), Lookup::Miss));
 }
 
 /// A SERVFAIL entry answers SERVFAIL for `servfail_ttl`, is never stale, and does not replace
 /// an entry that can still be served stale.
-#[tokio::test]
-async fn servfail_entries() {
+#[test]
+fn servfail_entries() {
     let cache = Cache::new(&config()).unwrap();
-    let key = CacheKey::of(&request("down.example.org.")).unwrap();
+    let (client_wire, key) = wire_and_key(&request("down.example.org."));
     let t0 = Instant::now();
-    cache.insert_servfail(key.clone(), t0).await;
-    let client = request("down.example.org.");
-    let Lookup::Fresh(entry) = cache.get(&key, t0 + Duration::from_secs(4)).await else {
+    cache.insert_servfail(key.to_key(), t0);
+    let Lookup::Fresh(entry) = cache.get(key.as_bytes(), t0 + Duration::from_secs(4)) else {
         panic!("not fresh")
     };
-    let reply = Message::from_vec(
-        &entry
-            .answer(&client.to_vec().unwrap(), &client, t0)
-            .unwrap(),
-    )
-    .unwrap();
+    let mut out = Vec::new();
+    assert!(entry.answer(&wire::Query::parse(&client_wire).unwrap(), t0, &mut out));
+    let reply = Message::from_vec(&out).unwrap();
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert!(matches!(
-        cache.get(&key, t0 + Duration::from_secs(6)).await,
+        cache.get(key.as_bytes(), t0 + Duration::from_secs(6)),
         Lookup::Miss
     ));
 
     let good = answer(ResponseCode::NoError, &[10], None);
-    let key = CacheKey::of(&request("www.example.org.")).unwrap();
-    cache
-        .insert_answer(key.clone(), &good, good.to_vec().unwrap().into(), t0)
-        .await;
-    cache
-        .insert_servfail(key.clone(), t0 + Duration::from_secs(20))
-        .await;
+    let (_, key) = wire_and_key(&request("www.example.org."));
+    cache.insert_answer(key.to_key(), &good, good.to_vec().unwrap().into(), t0);
+    cache.insert_servfail(key.to_key(), t0 + Duration::from_secs(20));
     assert!(matches!(
-        cache.get(&key, t0 + Duration::from_secs(21)).await,
+        cache.get(key.as_bytes(), t0 + Duration::from_secs(21)),
         Lookup::Stale(_)
     ));
+}
+
+/// The cache never holds more than `cache.size` entries; what the bound pushes out is counted
+/// as an eviction, and the entry count the gauge shows is exact after each insert.
+#[test]
+fn size_bound_evicts_and_counts() {
+    let cache = Cache::new(&CacheConfig {
+        size: 10,
+        ..config()
+    })
+    .unwrap();
+    let good = answer(ResponseCode::NoError, &[300], None);
+    let wire: Arc<[u8]> = good.to_vec().unwrap().into();
+    let t0 = Instant::now();
+    for i in 0..50 {
+        let (_, key) = wire_and_key(&request(&format!("n{i}.example.org.")));
+        cache.insert_answer(key.to_key(), &good, wire.clone(), t0);
+        assert!(cache.entry_count() <= 10, "{} entries", cache.entry_count());
+    }
+    assert_eq!(cache.entry_count() + cache.evictions(), 50);
+    assert!(cache.evictions() >= 40);
 }
 
 /// `size = 0` turns the cache off.
