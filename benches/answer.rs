@@ -4,6 +4,8 @@
 //!
 //!     cargo bench --bench answer
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -23,8 +25,12 @@ use signpost::wire::{Proto, Query};
 use signpost::zones::Zones;
 
 fn config() -> Config {
-    Config::parse("[forward]\nupstreams = []\n", Path::new("bench.toml"), &Overrides::default())
-        .expect("defaults are valid")
+    Config::parse(
+        "[forward]\nupstreams = []\n",
+        Path::new("bench.toml"),
+        &Overrides::default(),
+    )
+    .expect("defaults are valid")
 }
 
 fn entry(i: usize, service: &str) -> HealthEntry {
@@ -41,7 +47,10 @@ fn entry(i: usize, service: &str) -> HealthEntry {
             service: service.into(),
             tags: vec!["v1".into()],
             port: 8080,
-            weights: Some(Weights { passing: 1, warning: 1 }),
+            weights: Some(Weights {
+                passing: 1,
+                warning: 1,
+            }),
             ..Service::default()
         },
         checks: vec![],
@@ -91,7 +100,11 @@ fn dispatcher(table: AnswerTable, config: &Config) -> Dispatcher {
 fn hot_path(c: &mut Criterion) {
     let config = config();
     let domains = vec!["consul".to_string()];
-    let table = AnswerTable::build(catalog(&[("web", 3), ("api", 3), ("db", 2)]), &domains, &config.dns);
+    let table = AnswerTable::build(
+        catalog(&[("web", 3), ("api", 3), ("db", 2)]),
+        &domains,
+        &config.dns,
+    );
     let d = dispatcher(table, &config);
     let a = query("web.service.consul.", RecordType::A, false);
     let srv = query("web.service.consul.", RecordType::SRV, true);
@@ -128,7 +141,10 @@ fn large_service(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    let d = dispatcher(AnswerTable::build(Arc::clone(&big), &domains, &config.dns), &config);
+    let d = dispatcher(
+        AnswerTable::build(Arc::clone(&big), &domains, &config.dns),
+        &config,
+    );
     let srv = query("big.service.consul.", RecordType::SRV, false);
     let a = query("big.service.consul.", RecordType::A, false);
     let mut out = Vec::with_capacity(65_535);

@@ -94,43 +94,58 @@ impl Dispatcher {
         };
         let local = self.local.load();
         let (route, rel) = local.router.route(name);
-        let (zone, outcome) = match route {
-            // Names for the forwarder (issue 6), answered here when possible: the hosts file
-            // first (local data beats the upstream, as dnsmasq's /etc/hosts); then a fresh
-            // cache hit, written straight into `out` (no task, no lock, no hickory parsing);
-            // a loop-check probe of ours that came back through an upstream is recorded and
-            // refused instead of going round the loop. Only what is left awaits an upstream.
-            Route::Forward => {
-                if let Some(outcome) = local.zones.answer_hosts(name, &query, out) {
-                    (Zone::Static, outcome)
-                } else if self.forwarder.answer_cached(&query, proto, out) {
-                    let code = out.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0F);
-                    (Zone::Forward, Outcome { rcode: code })
-                } else if self.forwarder.is_loop_probe(name) {
-                    wire::error_response(out, &query, rcode::REFUSED);
-                    (
-                        Zone::Forward,
-                        Outcome {
-                            rcode: rcode::REFUSED,
-                        },
-                    )
-                } else {
-                    return Handled::Forward;
-                }
-            }
+        let answered = match route {
             Route::Consul { domain } => {
                 let table = self.table.load();
-                (Zone::Consul, table.answer(&query, rel, domain, proto, out))
+                Some((Zone::Consul, table.answer(&query, rel, domain, proto, out)))
             }
-            Route::Zone { zone } => (Zone::Static, local.zones.answer(zone, &query, out)),
+            Route::Zone { zone } => Some((Zone::Static, local.zones.answer(zone, &query, out))),
+            // A reverse name the catalog knows is answered from it (§1.7); any other goes the
+            // forwarder's way, where the hosts file may still know it.
             Route::Reverse => match self.table.load().answer_reverse(&query, name, out) {
-                Some(outcome) => (Zone::Consul, outcome),
-                None => return Handled::Forward,
+                Some(outcome) => Some((Zone::Consul, outcome)),
+                None => self.answer_before_forwarding(&local, name, &query, proto, out),
             },
+            Route::Forward => self.answer_before_forwarding(&local, name, &query, proto, out),
+        };
+        let Some((zone, outcome)) = answered else {
+            return Handled::Forward;
         };
         self.metrics
             .record(proto, zone, outcome.rcode, start.elapsed());
         Handled::Answered
+    }
+
+    /// Names for the forwarder, answered here when possible: the hosts file first (local data
+    /// beats the upstream, as dnsmasq's /etc/hosts); then a fresh cache hit, written straight
+    /// into `out` (no task, no lock, no hickory parsing); a loop-check probe of ours that came
+    /// back through an upstream is recorded and refused instead of going round the loop.
+    /// `None`: only an upstream can answer.
+    fn answer_before_forwarding(
+        &self,
+        local: &Local,
+        name: &[u8],
+        query: &Query<'_>,
+        proto: Proto,
+        out: &mut Vec<u8>,
+    ) -> Option<(Zone, Outcome)> {
+        if let Some(outcome) = local.zones.answer_hosts(name, query, out) {
+            return Some((Zone::Static, outcome));
+        }
+        if self.forwarder.answer_cached(query, proto, out) {
+            let code = out.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0F);
+            return Some((Zone::Forward, Outcome { rcode: code }));
+        }
+        if self.forwarder.is_loop_probe(name) {
+            wire::error_response(out, query, rcode::REFUSED);
+            return Some((
+                Zone::Forward,
+                Outcome {
+                    rcode: rcode::REFUSED,
+                },
+            ));
+        }
+        None
     }
 
     /// Forward `packet` (already checked by [`Dispatcher::answer_local`]) and return the reply.
