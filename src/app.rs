@@ -246,17 +246,19 @@ async fn follow_catalog(
         if let Some(catalog) = current {
             let config = Arc::clone(&config);
             let domains = domains.clone();
+            let table = Arc::clone(&table);
             let built = tokio::task::spawn_blocking(move || {
-                let doc = SrvData::build(&catalog, &config.dns, &domains[0]).to_json();
+                // The answers first: DNS sees the change before the SRV document is rendered.
                 let started = std::time::Instant::now();
-                let answers = AnswerTable::build(catalog, &domains, &config.dns);
-                tracing::debug!(took = ?started.elapsed(), "answer table built");
-                (answers, doc)
+                let answers =
+                    AnswerTable::update(&table.load(), catalog.clone(), &domains, &config.dns);
+                table.store(Arc::new(answers));
+                tracing::debug!(took = ?started.elapsed(), "answer table updated");
+                SrvData::build(&catalog, &config.dns, &domains[0]).to_json()
             })
             .await;
             match built {
-                Ok((answers, doc)) => {
-                    table.store(Arc::new(answers));
+                Ok(doc) => {
                     srv_data.store(Arc::new(Bytes::from(doc)));
                     readiness.catalog_loaded.store(true, Ordering::Release);
                 }

@@ -32,19 +32,24 @@
 //! [`last_contact`] (a process-wide static, see [`super::client`]) is the time of the last
 //! successful answer from the agent; the HTTP layer derives `consul_catalog_age_seconds` from it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::fast::{FixedState, RandomState};
 use rand::Rng;
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::catalog::{self, Catalog, Check, Health, HealthEntry, Node, PreparedQuery};
+#[cfg(test)]
+use super::catalog::Check;
+use super::catalog::{self, Catalog, Health, HealthEntry, Node, PreparedQuery};
 use super::client::{Blocking, Client, ConsulError, Meta, TlsFiles, encode_segment};
 use crate::config::{ConsulConfig, ConsulSource};
 use crate::metrics::{CONSUL_INSTANCES, CONSUL_SERVICES, CONSUL_WATCH_ERRORS_TOTAL};
@@ -79,7 +84,7 @@ const PROBE_WAIT: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 enum Event {
     Services(BTreeMap<String, Vec<String>>, u64),
-    Checks(Vec<Check>, u64),
+    Checks(CheckPrints, u64),
     Nodes(Vec<Node>, u64),
 }
 
@@ -121,13 +126,15 @@ struct Fetched {
     entries: Arc<[HealthEntry]>,
 }
 
-/// Check states, for telling which services a `/v1/health/state/any` change touches.
+/// Check states, for telling which services a `/v1/health/state/any` change touches: one
+/// 64-bit fingerprint per service (of its service checks' node, check ID, service ID and
+/// status) and per node (of its node checks). Parsed straight from the response body (see the
+/// `Deserialize` impl) without keeping the checks, so that a change costs a hash pass over
+/// the body, not a copy of every check.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct CheckPrints {
-    /// Service name → (node, check ID, service ID, status) of its service checks.
-    services: BTreeMap<String, Vec<(String, String, String, String)>>,
-    /// Node → (check ID, status) of its node checks.
-    nodes: BTreeMap<String, Vec<(String, String)>>,
+pub(super) struct CheckPrints {
+    services: HashMap<String, u64, RandomState>,
+    nodes: HashMap<String, u64, RandomState>,
 }
 
 /// The builder: everything known so far, and what still has to be fetched.
@@ -139,7 +146,7 @@ struct Feed {
     node_name: String,
     services: Option<(BTreeMap<String, Vec<String>>, u64)>,
     checks: Option<(CheckPrints, u64)>,
-    nodes: Option<(BTreeMap<String, Node>, u64)>,
+    nodes: Option<(BTreeMap<String, Arc<Node>>, u64)>,
     fetched: BTreeMap<String, Fetched>,
     dirty: BTreeMap<String, Fetch>,
     queries: Option<Arc<[PreparedQuery]>>,
@@ -277,7 +284,7 @@ async fn run(client: Client, settings: Settings, tx: CatalogTx) {
 
 /// One blocking query held in a loop, following the index rules; sends every change to the
 /// builder. Returns when the builder is gone.
-async fn blocking_loop<T: DeserializeOwned + Send>(
+async fn blocking_loop<T: DeserializeOwned + Send + 'static>(
     client: Client,
     path: &'static str,
     wait: Duration,
@@ -289,7 +296,7 @@ async fn blocking_loop<T: DeserializeOwned + Send>(
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        match client.get_json::<T>(path, Blocking { index, wait }).await {
+        match get_parsed::<T>(&client, path, Blocking { index, wait }).await {
             Ok((body, meta)) => {
                 streak.ok();
                 backoff.reset();
@@ -320,6 +327,28 @@ async fn blocking_loop<T: DeserializeOwned + Send>(
             return;
         }
     }
+}
+
+/// Like [`Client::get_json`], parsing the body on the blocking pool: `/v1/health/state/any`
+/// is megabytes at thousands of services, and parsing it on the runtime held up service
+/// fetches and the publish behind it.
+async fn get_parsed<T: DeserializeOwned + Send + 'static>(
+    client: &Client,
+    path: &'static str,
+    query: Blocking,
+) -> Result<(T, Meta), ConsulError> {
+    let (bytes, meta) = client.get_bytes(path, query).await?;
+    let parsed = tokio::task::spawn_blocking(move || serde_json::from_slice::<T>(&bytes))
+        .await
+        .map_err(|e| ConsulError::Decode {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
+    let value = parsed.map_err(|e| ConsulError::Decode {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok((value, meta))
 }
 
 /// The index rules of `reference/consul-dns.md` §7.4, returning what the answer means and the
@@ -483,7 +512,7 @@ impl Feed {
     fn apply_event(&mut self, ev: Event) {
         match ev {
             Event::Services(services, index) => self.apply_services(services, index),
-            Event::Checks(checks, index) => self.apply_checks(&checks, index),
+            Event::Checks(prints, index) => self.apply_checks(prints, index),
             Event::Nodes(nodes, index) => self.apply_nodes(nodes, index),
         }
     }
@@ -513,8 +542,7 @@ impl Feed {
         self.services = Some((services, index));
     }
 
-    fn apply_checks(&mut self, checks: &[Check], index: u64) {
-        let prints = CheckPrints::new(checks);
+    fn apply_checks(&mut self, prints: CheckPrints, index: u64) {
         if let Some((old, _)) = &self.checks {
             let mut touched: BTreeSet<String> = BTreeSet::new();
             for name in old.services.keys().chain(prints.services.keys()) {
@@ -536,8 +564,19 @@ impl Feed {
     }
 
     fn apply_nodes(&mut self, nodes: Vec<Node>, index: u64) {
-        let nodes: BTreeMap<String, Node> =
-            nodes.into_iter().map(|n| (n.node.clone(), n)).collect();
+        // Unchanged nodes keep their `Arc`, which the stored entries share.
+        let old = self.nodes.as_ref().map(|(o, _)| o);
+        let nodes: BTreeMap<String, Arc<Node>> = nodes
+            .into_iter()
+            .map(|n| {
+                let shared = old
+                    .and_then(|o| o.get(&n.node))
+                    .filter(|o| ***o == n)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(n));
+                (shared.node.clone(), shared)
+            })
+            .collect();
         if let Some((old, _)) = &self.nodes {
             let changed: BTreeSet<&str> = old
                 .keys()
@@ -636,8 +675,27 @@ impl Feed {
             return;
         }
         catalog::sort_entries(&mut entries);
+        // One node record per node: the catalog's, when the entry's copy is the same.
+        if let Some((nodes, _)) = &self.nodes {
+            for e in &mut entries {
+                if let Some(shared) = nodes.get(&e.node.node)
+                    && **shared == *e.node
+                {
+                    e.node = Arc::clone(shared);
+                }
+            }
+        }
+        let index = meta.index.max(1);
+        if let Some(old) = self.fetched.get_mut(&name)
+            && *old.entries == *entries
+        {
+            // Same content: keep the `Arc`, so the catalog and the answer table see the
+            // service as unchanged and reuse what they built from it.
+            old.index = index;
+            return;
+        }
         let fetched = Fetched {
-            index: meta.index.max(1),
+            index,
             entries: entries.into(),
         };
         self.fetched.insert(name, fetched);
@@ -762,31 +820,122 @@ fn record_error(e: &ConsulError) {
 // === impl CheckPrints ===
 
 impl CheckPrints {
+    /// Fingerprints of `checks` (tests; the feed parses them straight from the body).
+    #[cfg(test)]
     fn new(checks: &[Check]) -> CheckPrints {
         let mut prints = CheckPrints::default();
         for c in checks {
-            if c.service_id.is_empty() {
-                prints
-                    .nodes
-                    .entry(c.node.clone())
-                    .or_default()
-                    .push((c.check_id.clone(), c.status.clone()));
-            } else {
-                prints
-                    .services
-                    .entry(c.service_name.clone())
-                    .or_default()
-                    .push((
-                        c.node.clone(),
-                        c.check_id.clone(),
-                        c.service_id.clone(),
-                        c.status.clone(),
-                    ));
+            prints.add(
+                &c.node,
+                &c.check_id,
+                &c.status,
+                &c.service_id,
+                &c.service_name,
+            );
+        }
+        prints
+    }
+
+    /// Fold one check into its service's or its node's fingerprint. The fold is a sum of
+    /// per-check hashes, so the order of checks in the body does not matter.
+    fn add(&mut self, node: &str, check_id: &str, status: &str, service_id: &str, service: &str) {
+        let hasher = FixedState::with_seed(0x5161_6e70_6f73_7400);
+        if service_id.is_empty() {
+            let h = hasher.hash_one((check_id, status));
+            bump(&mut self.nodes, node, h);
+        } else {
+            let h = hasher.hash_one((node, check_id, service_id, status));
+            bump(&mut self.services, service, h);
+        }
+    }
+}
+
+/// Add `h` to the fingerprint of `key`, allocating the key only the first time it is seen.
+fn bump(map: &mut HashMap<String, u64, RandomState>, key: &str, h: u64) {
+    match map.get_mut(key) {
+        Some(v) => *v = v.wrapping_add(h),
+        None => {
+            map.insert(key.to_string(), h);
+        }
+    }
+}
+
+/// A string field borrowed from the body when it has no escapes; `null` reads as "".
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or null")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed("")))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed("")))
             }
         }
-        prints.services.values_mut().for_each(|v| v.sort());
-        prints.nodes.values_mut().for_each(|v| v.sort());
-        prints
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl Default for Text<'_> {
+    fn default() -> Self {
+        Text(Cow::Borrowed(""))
+    }
+}
+
+/// One element of `/v1/health/state/any`: only what the fingerprints need, borrowed.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CheckRef<'a> {
+    #[serde(borrow, default)]
+    node: Text<'a>,
+    #[serde(rename = "CheckID", borrow, default)]
+    check_id: Text<'a>,
+    #[serde(borrow, default)]
+    status: Text<'a>,
+    #[serde(rename = "ServiceID", borrow, default)]
+    service_id: Text<'a>,
+    #[serde(borrow, default)]
+    service_name: Text<'a>,
+}
+
+impl<'de> Deserialize<'de> for CheckPrints {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CheckPrints;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of checks")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CheckPrints, A::Error> {
+                let mut prints = CheckPrints::default();
+                while let Some(c) = seq.next_element::<CheckRef<'de>>()? {
+                    prints.add(
+                        &c.node.0,
+                        &c.check_id.0,
+                        &c.status.0,
+                        &c.service_id.0,
+                        &c.service_name.0,
+                    );
+                }
+                Ok(prints)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<CheckPrints, E> {
+                Ok(CheckPrints::default())
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
