@@ -10,7 +10,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -85,6 +85,9 @@ struct Shared {
     tokens: Mutex<BTreeSet<String>>,
     /// When set, requests without this token get `403 ACL not found`.
     required_token: Mutex<Option<String>>,
+    /// Per path of answered reads: (when received, when its body was rendered) of the last
+    /// few answers, so that a benchmark can tell the agent's own time from its client's.
+    answered: Mutex<HashMap<String, VecDeque<(Instant, Instant)>>>,
 }
 
 #[derive(Default)]
@@ -169,6 +172,7 @@ impl FakeConsul {
             }),
             changed,
             requests: Mutex::new(BTreeMap::new()),
+            answered: Mutex::new(HashMap::new()),
             conns_now: AtomicUsize::new(0),
             conns_max: AtomicUsize::new(0),
             conn_limit: AtomicUsize::new(0),
@@ -511,6 +515,18 @@ impl FakeConsul {
     }
 
     /// Requests served per endpoint, all endpoints.
+    /// (received, body rendered) of the last answers (up to 64) to reads of `path`, oldest
+    /// first. A blocking read that waited counts from the write that released it.
+    pub fn answers(&self, path: &str) -> Vec<(Instant, Instant)> {
+        self.shared
+            .answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     pub fn all_requests(&self) -> BTreeMap<&'static str, u64> {
         self.shared
             .requests
@@ -920,6 +936,7 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
     let jitter_ms = wait.as_millis() as u64 / 16;
     let jitter = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
     let deadline = Instant::now() + wait + jitter;
+    let mut received = Instant::now();
     loop {
         let rendered = {
             let st = shared.lock();
@@ -933,10 +950,19 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
         };
         match rendered {
             None => return plain(StatusCode::NOT_FOUND, "Not found"),
-            Some((Some(body), index)) => return json_response(body, index),
+            Some((Some(body), index)) => {
+                let mut answered = shared.answered.lock().unwrap_or_else(|e| e.into_inner());
+                let log = answered.entry(path).or_default();
+                if log.len() >= 64 {
+                    log.pop_front();
+                }
+                log.push_back((received, Instant::now()));
+                return json_response(body, index);
+            }
             Some((None, _)) => {}
         }
         let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+        received = Instant::now();
     }
 }
 

@@ -36,6 +36,9 @@ use crate::wire::{self, Proto, Query, rcode, rtype};
 use encode::{AnswerSet, Context, Kind, Map, NodeAnswers, lower_key, names_a_host};
 pub use encode::{answers_dns, encode_meta_txt, hex_ip, srv_target, srv_weight};
 
+/// A set of lowercase service names.
+type Keys = HashSet<Box<[u8]>, RandomState>;
+
 /// What one request got, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -64,7 +67,7 @@ pub struct AnswerTable {
     domain_names: Vec<String>,
     /// Lowercase names of services with an instance answering with a host name: their
     /// answers may follow other services and nodes, so they are rebuilt every time.
-    by_name: HashSet<Box<[u8]>, RandomState>,
+    by_name: Keys,
     /// Some node answers with a host name (then node answers are rebuilt every time).
     nodes_by_name: bool,
 }
@@ -148,7 +151,7 @@ impl AnswerTable {
             || HashSet::with_hasher(RandomState::default()),
             |p| p.by_name.clone(),
         );
-        let rebuild: Option<HashSet<Box<[u8]>, RandomState>> = changes.as_ref().map(|c| {
+        let rebuild: Option<Keys> = changes.as_ref().map(|c| {
             let mut keys = c.services.clone();
             keys.extend(by_name.iter().cloned());
             keys
@@ -617,7 +620,7 @@ impl AnswerTable {
 /// What differs between two catalogs, as far as the answer table cares.
 struct Changes {
     /// Lowercase names of services added, removed or whose entries are another `Arc`.
-    services: HashSet<Box<[u8]>, RandomState>,
+    services: Keys,
     /// Some node was added, removed or changed.
     nodes: bool,
     /// A changed service has (or had) an instance with its own IP address: the PTR map may
@@ -691,7 +694,7 @@ impl DomainAnswers {
         cx: &Context<'_>,
         catalog: &Catalog,
         queries: &Queries,
-        reuse: Option<(&DomainAnswers, &HashSet<Box<[u8]>, RandomState>)>,
+        reuse: Option<(&DomainAnswers, &Keys)>,
     ) -> Self {
         let (soa, soa_serial_at) = encode_soa(cx.domain, &cx.dns.soa);
         let set_for = |lower: &str| {

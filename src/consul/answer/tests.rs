@@ -194,10 +194,19 @@ fn update_reuses_unchanged_services_and_matches_a_full_build() {
     let full = AnswerTable::build(after, &domains, &dns);
 
     assert!(t2.shares_service(&t1, "web"), "unchanged service is reused");
-    assert!(t2.shares_service(&t1, "cache"), "unchanged (mixed case) is reused");
+    assert!(
+        t2.shares_service(&t1, "cache"),
+        "unchanged (mixed case) is reused"
+    );
     assert!(!t2.shares_service(&t1, "db"), "changed service is rebuilt");
-    assert!(!t2.shares_service(&t1, "alias"), "a host name in the zone is rebuilt");
-    assert!(!full.shares_service(&t1, "web"), "a full build shares nothing");
+    assert!(
+        !t2.shares_service(&t1, "alias"),
+        "a host name in the zone is rebuilt"
+    );
+    assert!(
+        !full.shares_service(&t1, "web"),
+        "a full build shares nothing"
+    );
 
     let questions = [
         ("web.service.consul.", RecordType::A),
@@ -213,12 +222,23 @@ fn update_reuses_unchanged_services_and_matches_a_full_build() {
     ];
     for (name, rt) in questions {
         let (a, b) = (ask(&t2, name, rt), ask(&full, name, rt));
-        assert_eq!(a.metadata.response_code, b.metadata.response_code, "{name} {rt}");
+        assert_eq!(
+            a.metadata.response_code, b.metadata.response_code,
+            "{name} {rt}"
+        );
         assert_eq!(lines(&a.answers), lines(&b.answers), "{name} {rt}");
         assert_eq!(lines(&a.additionals), lines(&b.additionals), "{name} {rt}");
     }
-    assert_eq!(ask(&t2, "db.service.consul.", RecordType::A).answers.len(), 1);
-    assert_eq!(ask(&t2, "alias.service.consul.", RecordType::A).answers.len(), 2);
+    assert_eq!(
+        ask(&t2, "db.service.consul.", RecordType::A).answers.len(),
+        1
+    );
+    assert_eq!(
+        ask(&t2, "alias.service.consul.", RecordType::A)
+            .answers
+            .len(),
+        2
+    );
     for table in [&t2, &full] {
         let mut m = Message::query();
         m.add_query(HQuery::query(
@@ -228,7 +248,11 @@ fn update_reuses_unchanged_services_and_matches_a_full_build() {
         let bytes = m.to_vec().unwrap();
         let q = Query::parse(&bytes).unwrap();
         let mut out = Vec::new();
-        assert!(table.answer_reverse(&q, b"2.1.0.10.in-addr.arpa", &mut out).is_some());
+        assert!(
+            table
+                .answer_reverse(&q, b"2.1.0.10.in-addr.arpa", &mut out)
+                .is_some()
+        );
     }
 
     // Removing a service drops its answers.
@@ -238,7 +262,9 @@ fn update_reuses_unchanged_services_and_matches_a_full_build() {
     assert_eq!(t3.service_count(), t2.service_count() - 1);
     assert!(t3.shares_service(&t2, "cache"));
     assert_eq!(
-        ask(&t3, "web.service.consul.", RecordType::A).metadata.response_code,
+        ask(&t3, "web.service.consul.", RecordType::A)
+            .metadata
+            .response_code,
         hickory_proto::op::ResponseCode::NXDomain
     );
 }
