@@ -247,6 +247,7 @@ async fn follow_catalog(
             let config = Arc::clone(&config);
             let domains = domains.clone();
             let table = Arc::clone(&table);
+            let hint = srv_data.load().len();
             let built = tokio::task::spawn_blocking(move || {
                 // The answers first: DNS sees the change before the SRV document is rendered.
                 let started = std::time::Instant::now();
@@ -254,7 +255,7 @@ async fn follow_catalog(
                     AnswerTable::update(&table.load(), catalog.clone(), &domains, &config.dns);
                 table.store(Arc::new(answers));
                 tracing::debug!(took = ?started.elapsed(), "answer table updated");
-                SrvData::build(&catalog, &config.dns, &domains[0]).to_json()
+                SrvData::render_json(&catalog, &config.dns, &domains[0], hint)
             })
             .await;
             match built {

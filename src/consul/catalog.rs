@@ -93,12 +93,13 @@ pub struct Weights {
 /// A health check that applies to an instance. `service_id == ""` is a node check.
 ///
 /// Only what DNS and the feed use is kept: `Output`, `Notes`, `Definition` and the like are
-/// not parsed, and `Name` is skipped on parse (it is free text, and one copy per check per
-/// instance was a measurable share of the catalog at 50,000 instances).
+/// not parsed, and `Node`, `Name` and `ServiceName` are skipped on parse (the entry's node
+/// and service say the same; one copy per check per instance was a measurable share of the
+/// catalog at 50,000 instances). They stay fields for code that builds checks itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Check {
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, skip_deserializing)]
     pub node: String,
     #[serde(rename = "CheckID", default, deserialize_with = "null_default")]
     pub check_id: String,
@@ -108,7 +109,7 @@ pub struct Check {
     pub status: String,
     #[serde(rename = "ServiceID", default, deserialize_with = "null_default")]
     pub service_id: String,
-    #[serde(default, deserialize_with = "null_default")]
+    #[serde(default, skip_deserializing)]
     pub service_name: String,
     #[serde(default, deserialize_with = "null_default")]
     pub modify_index: u64,

@@ -124,6 +124,8 @@ struct Settings {
 struct Fetched {
     index: u64,
     entries: Arc<[HealthEntry]>,
+    /// Some entry's node was not in `/v1/catalog/nodes` when fetched: the catalog adds it.
+    foreign_nodes: bool,
 }
 
 /// Check states, for telling which services a `/v1/health/state/any` change touches: one
@@ -676,12 +678,13 @@ impl Feed {
         }
         catalog::sort_entries(&mut entries);
         // One node record per node: the catalog's, when the entry's copy is the same.
+        let mut foreign_nodes = false;
         if let Some((nodes, _)) = &self.nodes {
             for e in &mut entries {
-                if let Some(shared) = nodes.get(&e.node.node)
-                    && **shared == *e.node
-                {
-                    e.node = Arc::clone(shared);
+                match nodes.get(&e.node.node) {
+                    Some(shared) if **shared == *e.node => e.node = Arc::clone(shared),
+                    Some(_) => {}
+                    None => foreign_nodes = true,
                 }
             }
         }
@@ -692,11 +695,13 @@ impl Feed {
             // Same content: keep the `Arc`, so the catalog and the answer table see the
             // service as unchanged and reuse what they built from it.
             old.index = index;
+            old.foreign_nodes = foreign_nodes;
             return;
         }
         let fetched = Fetched {
             index,
             entries: entries.into(),
+            foreign_nodes,
         };
         self.fetched.insert(name, fetched);
     }
@@ -768,21 +773,28 @@ impl Feed {
             .max(*nodes_index)
             .max(self.queries_index);
         let mut map = BTreeMap::new();
+        let mut nodes = nodes.clone();
         for name in services.keys() {
             let fetched = self.fetched.get(name)?;
             index = index.max(fetched.index);
             map.insert(name.clone(), fetched.entries.clone());
+            if fetched.foreign_nodes {
+                // A node the node list did not have yet (registered since): keep it known.
+                for e in fetched.entries.iter() {
+                    if !nodes.contains_key(&e.node.node) {
+                        nodes.insert(e.node.node.clone(), Arc::clone(&e.node));
+                    }
+                }
+            }
         }
-        let mut catalog = Catalog {
+        Some(Catalog {
             datacenter: self.datacenter.clone(),
             node_name: self.node_name.clone(),
             index,
             services: map,
-            nodes: nodes.clone(),
+            nodes,
             queries,
-        };
-        catalog.index_nodes_from_services();
-        Some(catalog)
+        })
     }
 }
 
