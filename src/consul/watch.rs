@@ -109,6 +109,9 @@ enum Fetch {
     Probe,
 }
 
+/// What a read of `/v1/query` gives.
+type QueryRead = Result<(Vec<PreparedQuery>, Meta), ConsulError>;
+
 /// Settings of one agent watch.
 #[derive(Clone, Debug)]
 struct Settings {
@@ -154,6 +157,8 @@ struct Feed {
     queries: Option<Arc<[PreparedQuery]>>,
     queries_index: u64,
     queries_forbidden_logged: bool,
+    /// A catalog change came while a query read was running: read again after it.
+    reread_again: bool,
     streak: Streak,
     backoff: Backoff,
 }
@@ -395,6 +400,7 @@ impl Feed {
             queries: None,
             queries_index: 0,
             queries_forbidden_logged: false,
+            reread_again: false,
             streak: Streak::new("/v1/health/service"),
             backoff: Backoff::default(),
         }
@@ -436,6 +442,9 @@ impl Feed {
         let mut query_tick = tokio::time::interval(self.settings.query_poll_interval);
         query_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry_at: Option<Instant> = None;
+        // Prepared query reads after a change or a tick run beside the loop (at most one at a
+        // time), so that a change arriving meanwhile is not held up behind them.
+        let mut rereads: JoinSet<QueryRead> = JoinSet::new();
         loop {
             let retry = retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -443,10 +452,16 @@ impl Feed {
                     Some(ev) => self.apply(ev),
                     None => return,
                 },
-                _ = query_tick.tick(), if self.queries.is_some() => {
-                    if let Err(e) = self.poll_queries().await {
+                _ = query_tick.tick(), if self.queries.is_some() => self.reread_queries(&mut rereads),
+                Some(joined) = rereads.join_next(), if !rereads.is_empty() => {
+                    if let Ok(read) = joined
+                        && let Err(e) = self.take_queries(read)
+                    {
                         record_error(&e);
                         tracing::debug!(error = %e, "prepared query poll failed");
+                    }
+                    if std::mem::take(&mut self.reread_again) {
+                        self.reread_queries(&mut rereads);
                     }
                 }
                 _ = tokio::time::sleep_until(retry), if retry_at.is_some() => retry_at = None,
@@ -458,7 +473,7 @@ impl Feed {
                 return;
             }
             if retry_at.is_none()
-                && let Err(e) = self.step().await
+                && let Err(e) = self.step(&mut rereads).await
             {
                 self.streak.fail(&e);
                 retry_at = Some(Instant::now() + self.backoff.next_delay(&e));
@@ -467,7 +482,7 @@ impl Feed {
     }
 
     /// Fetch what is dirty, load queries if never loaded, publish if complete.
-    async fn step(&mut self) -> Result<(), ConsulError> {
+    async fn step(&mut self, rereads: &mut JoinSet<QueryRead>) -> Result<(), ConsulError> {
         if !self.loops_answered() {
             return Ok(());
         }
@@ -484,14 +499,25 @@ impl Feed {
         self.backoff.reset();
         if self.publish() {
             // Prepared queries cannot be watched: re-read them after every catalog change.
-            match self.poll_queries().await {
-                Ok(()) => {
-                    self.publish();
-                }
-                Err(e) => record_error(&e),
-            }
+            // The read runs beside the loop; its result is published by the next step.
+            self.reread_queries(rereads);
         }
         Ok(())
+    }
+
+    /// Start a read of the prepared queries unless one is running; then ask for another once
+    /// it is done, so that the last change is always followed by a read.
+    fn reread_queries(&mut self, rereads: &mut JoinSet<QueryRead>) {
+        if !rereads.is_empty() {
+            self.reread_again = true;
+            return;
+        }
+        let client = self.client.clone();
+        rereads.spawn(async move {
+            client
+                .get_json::<Vec<PreparedQuery>>("/v1/query", Blocking::default())
+                .await
+        });
     }
 
     /// Services are fetched only once the three loops answered, so that any later check or
@@ -709,11 +735,16 @@ impl Feed {
     /// Read prepared query definitions. A 403 (the token lacks `query:read`) is logged once and
     /// means "no queries", so that it does not hold readiness back.
     async fn poll_queries(&mut self) -> Result<(), ConsulError> {
-        match self
+        let read = self
             .client
             .get_json::<Vec<PreparedQuery>>("/v1/query", Blocking::default())
-            .await
-        {
+            .await;
+        self.take_queries(read)
+    }
+
+    /// Keep what a read of `/v1/query` gave (see [`Feed::poll_queries`]).
+    fn take_queries(&mut self, read: QueryRead) -> Result<(), ConsulError> {
+        match read {
             Ok((queries, meta)) => {
                 self.queries = Some(queries.into());
                 self.queries_index = meta.index;
