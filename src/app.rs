@@ -232,7 +232,9 @@ impl Running {
 /// Rebuild the answer table and the SRV data served at `/v1/catalog` for each new catalog
 /// (the emitter writes `emit.srv_file`). Building runs on a
 /// blocking thread: a catalog of thousands of services takes milliseconds to encode, which
-/// must not stall the runtime.
+/// must not stall the runtime. The table is updated incrementally from the previous one; the
+/// SRV document follows in its own task, so that rendering it (tens of ms at thousands of
+/// instances) never holds up the next table. Ready once both reflect a catalog.
 async fn follow_catalog(
     mut catalogs: consul::watch::CatalogRx,
     config: Arc<Config>,
@@ -241,29 +243,91 @@ async fn follow_catalog(
     srv_data: Arc<ArcSwap<Bytes>>,
     readiness: Arc<Readiness>,
 ) {
+    let loaded = Arc::new(Loaded::default());
+    tokio::spawn(follow_srv_data(
+        catalogs.clone(),
+        Arc::clone(&config),
+        domains.first().cloned().unwrap_or_default(),
+        srv_data,
+        Arc::clone(&readiness),
+        Arc::clone(&loaded),
+    ));
     loop {
         let current: Option<Arc<Catalog>> = catalogs.borrow_and_update().clone();
         if let Some(catalog) = current {
             let config = Arc::clone(&config);
             let domains = domains.clone();
             let table = Arc::clone(&table);
-            let hint = srv_data.load().len();
             let built = tokio::task::spawn_blocking(move || {
-                // The answers first: DNS sees the change before the SRV document is rendered.
                 let started = std::time::Instant::now();
-                let answers =
-                    AnswerTable::update(&table.load(), catalog.clone(), &domains, &config.dns);
+                let answers = AnswerTable::update(&table.load(), catalog, &domains, &config.dns);
                 table.store(Arc::new(answers));
                 tracing::debug!(took = ?started.elapsed(), "answer table updated");
-                SrvData::render_json(&catalog, &config.dns, &domains[0], hint)
+            })
+            .await;
+            match built {
+                Ok(()) => loaded.table_done(&readiness),
+                Err(e) => tracing::error!(error = %e, "building the answer table failed"),
+            }
+        }
+        if catalogs.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Which of the table and the SRV document reflect a catalog yet.
+#[derive(Default)]
+struct Loaded {
+    table: std::sync::atomic::AtomicBool,
+    doc: std::sync::atomic::AtomicBool,
+}
+
+impl Loaded {
+    fn table_done(&self, readiness: &Readiness) {
+        self.table.store(true, Ordering::SeqCst);
+        if self.doc.load(Ordering::SeqCst) {
+            readiness.catalog_loaded.store(true, Ordering::Release);
+        }
+    }
+
+    fn doc_done(&self, readiness: &Readiness) {
+        self.doc.store(true, Ordering::SeqCst);
+        if self.table.load(Ordering::SeqCst) {
+            readiness.catalog_loaded.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Render the SRV data document for the latest catalog (a watch receiver: catalogs published
+/// during a render coalesce into one).
+async fn follow_srv_data(
+    mut catalogs: consul::watch::CatalogRx,
+    config: Arc<Config>,
+    domain: String,
+    srv_data: Arc<ArcSwap<Bytes>>,
+    readiness: Arc<Readiness>,
+    loaded: Arc<Loaded>,
+) {
+    loop {
+        let current: Option<Arc<Catalog>> = catalogs.borrow_and_update().clone();
+        if let Some(catalog) = current {
+            let config = Arc::clone(&config);
+            let domain = domain.clone();
+            let hint = srv_data.load().len();
+            let built = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let doc = SrvData::render_json(&catalog, &config.dns, &domain, hint);
+                tracing::debug!(took = ?started.elapsed(), bytes = doc.len(), "srv data rendered");
+                doc
             })
             .await;
             match built {
                 Ok(doc) => {
                     srv_data.store(Arc::new(Bytes::from(doc)));
-                    readiness.catalog_loaded.store(true, Ordering::Release);
+                    loaded.doc_done(&readiness);
                 }
-                Err(e) => tracing::error!(error = %e, "building the answer table failed"),
+                Err(e) => tracing::error!(error = %e, "rendering the SRV data failed"),
             }
         }
         if catalogs.changed().await.is_err() {
