@@ -125,6 +125,7 @@ struct Instance {
     index: u64,
 }
 
+#[derive(Clone)]
 struct CheckRec {
     service_id: String,
     service_name: String,
@@ -706,7 +707,7 @@ impl Catalog {
         })
     }
 
-    fn check_json(&self, node: &str, check_id: &str, c: &CheckRec) -> Value {
+    fn check_json(node: &str, check_id: &str, c: &CheckRec) -> Value {
         json!({
             "Node": node, "CheckID": check_id, "Name": check_id, "Status": c.status,
             "Notes": "", "Output": "", "ServiceID": c.service_id, "ServiceName": c.service_name,
@@ -723,7 +724,7 @@ impl Catalog {
             let checks: Vec<Value> = self
                 .checks_on(node)
                 .filter(|(_, c)| c.service_id.is_empty() || c.service_id == *id)
-                .map(|(cid, c)| self.check_json(node, cid, c))
+                .map(|(cid, c)| Catalog::check_json(node, cid, c))
                 .collect();
             if passing && checks.iter().any(|c| c["Status"] != "passing") {
                 continue;
@@ -790,7 +791,7 @@ impl Catalog {
             "health_state" => Value::Array(
                 self.checks
                     .iter()
-                    .map(|((n, id), c)| self.check_json(n, id, c))
+                    .map(|((n, id), c)| Catalog::check_json(n, id, c))
                     .collect(),
             ),
             "nodes" => Value::Array(self.nodes.keys().map(|n| self.node_json(n)).collect()),
@@ -903,6 +904,12 @@ impl AsyncWrite for CountedStream {
 
 // === the handler ===
 
+/// A body read under the lock: text, or the checks to render after it.
+enum Rendered {
+    Text(String),
+    Checks(BTreeMap<(String, String), CheckRec>),
+}
+
 async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
     let path = uri.path().to_string();
     let endpoint = endpoint(&path);
@@ -943,11 +950,33 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
             st.index_of(endpoint, &path).map(|index| {
                 let blocking = params.index > 0 && endpoint != "self" && endpoint != "query";
                 let returns = !blocking || index > params.index || Instant::now() >= deadline;
-                // Serialized under the lock, so that body and index always agree.
-                let body = returns.then(|| st.body(endpoint, &path, &params).to_string());
+                // Read under the lock, so that body and index always agree. The 20,000-check
+                // list is copied under the lock and rendered after it, as the agent serves
+                // reads from a snapshot: rendering it under the lock held every other read
+                // (a service fetch) up for as long, which is not the agent's behaviour.
+                let body = returns.then(|| {
+                    if endpoint == "health_state" {
+                        Rendered::Checks(st.checks.clone())
+                    } else {
+                        Rendered::Text(st.body(endpoint, &path, &params).to_string())
+                    }
+                });
                 (body, index)
             })
         };
+        let rendered = rendered.map(|(body, index)| {
+            let body = body.map(|b| match b {
+                Rendered::Text(text) => text,
+                Rendered::Checks(checks) => Value::Array(
+                    checks
+                        .iter()
+                        .map(|((n, id), c)| Catalog::check_json(n, id, c))
+                        .collect(),
+                )
+                .to_string(),
+            });
+            (body, index)
+        });
         match rendered {
             None => return plain(StatusCode::NOT_FOUND, "Not found"),
             Some((Some(body), index)) => {
