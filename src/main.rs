@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use signpost::config::{Config, Overrides};
+use signpost::ops::notify::Notifier;
 
 /// A node-local DNS sidecar for Consul.
 #[derive(Parser)]
@@ -17,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve DNS and HTTP until SIGTERM or SIGINT.
+    /// Serve DNS and HTTP until SIGTERM or SIGINT; SIGHUP reloads the configuration.
     Run(RunArgs),
     /// Validate the configuration (and its zone files), bind nothing, exit.
     CheckConfig(ConfigArgs),
@@ -55,6 +58,10 @@ struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Started as root: become this user once the listeners are bound (port 53 needs root or
+    /// CAP_NET_BIND_SERVICE only to bind).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
 }
 
 #[derive(Args)]
@@ -103,7 +110,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(EX_CONFIG, &e),
             };
-            run(config)
+            run(config, &args)
         }
         Command::Render(args) => {
             init_tracing(&args.log_level, LogFormat::Text);
@@ -134,7 +141,7 @@ fn check_zones(config: &Config) -> Result<(), signpost::zones::ZoneError> {
     }
 }
 
-fn run(config: Config) -> ExitCode {
+fn run(config: Config, args: &RunArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("signpost")
@@ -144,16 +151,101 @@ fn run(config: Config) -> ExitCode {
         Err(e) => return fail(1, &e),
     };
     runtime.block_on(async move {
-        let running = match signpost::app::start(config).await {
+        // Signal handlers first: a SIGHUP that arrives while starting must not kill us.
+        let mut signals = match Signals::new() {
+            Ok(s) => s,
+            Err(e) => return fail(1, &e),
+        };
+        let mut running = match signpost::app::start(config).await {
             Ok(r) => r,
             Err(signpost::app::AppError::Zone(e)) => return fail(EX_CONFIG, &e),
             Err(e) => return fail(1, &e),
         };
-        wait_for_signal().await;
+        if let Some(user) = &args.user {
+            if let Err(e) = signpost::ops::privileges::drop_to(user) {
+                running.stop().await;
+                return fail(1, &e);
+            }
+            tracing::info!(user, "privileges dropped");
+        }
+        let notifier = Arc::new(Notifier::from_env());
+        let notify_task = tokio::spawn(notify_systemd(
+            Arc::clone(&notifier),
+            Arc::clone(&running.readiness),
+        ));
+        while let Received::Reload = signals.next().await {
+            let _ = notifier.notify(&format!(
+                "RELOADING=1\nMONOTONIC_USEC={}",
+                signpost::ops::notify::monotonic_usec()
+            ));
+            let result = match load(&args.config) {
+                Ok(config) => running.reload(config).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            signpost::app::record_reload(&result);
+            let _ = notifier.notify("READY=1");
+        }
         tracing::info!("shutting down");
+        let _ = notifier.notify("STOPPING=1");
+        notify_task.abort();
         running.stop().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Tell systemd `READY=1` once `/ready` would answer 200, then feed the watchdog (if the unit
+/// has `WatchdogSec=`) from this runtime: if it stalls, systemd restarts us.
+async fn notify_systemd(notifier: Arc<Notifier>, readiness: Arc<signpost::http::Readiness>) {
+    if !notifier.enabled() {
+        return;
+    }
+    while !readiness.is_ready() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Err(e) = notifier.notify("READY=1\nSTATUS=serving") {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+    let Some(interval) = notifier.watchdog_interval() else {
+        return;
+    };
+    loop {
+        if let Err(e) = notifier.notify("WATCHDOG=1") {
+            tracing::warn!(error = %e, "cannot feed the systemd watchdog");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// What a signal asks for.
+enum Received {
+    Reload,
+    Stop,
+}
+
+/// SIGHUP, SIGTERM and SIGINT, registered once.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::select! {
+            _ = self.hup.recv() => Received::Reload,
+            _ = self.term.recv() => Received::Stop,
+            _ = self.int.recv() => Received::Stop,
+        }
+    }
 }
 
 /// `signpost render --once [--dry-run]`: one catalog (a `file:` catalog is read at once; an
@@ -217,21 +309,6 @@ fn render(config: Config, args: &RenderArgs) -> ExitCode {
             }
         }
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn init_tracing(level: &str, format: LogFormat) {

@@ -1,0 +1,9 @@
+//! Operating signpost on a node (issue 9), always through the real binary: reload and
+//! shutdown, systemd, privileges, alerts with the real Prometheus, status, migration imports,
+//! and the system resolver in a network namespace.
+
+mod daemon;
+
+/// SIGHUP reloads, an invalid file keeps the old config, SIGTERM drains and exits 0, and a
+/// reload under load loses no query.
+mod lifecycle;
