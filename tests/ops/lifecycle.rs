@@ -160,7 +160,13 @@ struct Load {
 async fn generate(target: SocketAddr, qps: u64, duration: Duration, lanes: usize, load: Arc<Load>) {
     let mut senders = Vec::new();
     for lane in 0..lanes {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        // A big receive buffer: on a busy machine this test's runtime may fall behind for a
+        // moment, and a reply dropped here would count against signpost.
+        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        let _ = raw.set_recv_buffer_size(8 << 20);
+        raw.set_nonblocking(true).unwrap();
+        raw.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        let socket = Arc::new(UdpSocket::from_std(raw.into()).unwrap());
         let load = Arc::clone(&load);
         let rx = Arc::clone(&socket);
         let counting = Arc::clone(&load);
@@ -188,8 +194,10 @@ async fn generate(target: SocketAddr, qps: u64, duration: Duration, lanes: usize
             while start.elapsed() < duration {
                 tick.tick().await;
                 for _ in 0..per_ms {
-                    let outstanding = load.sent.load(Ordering::Relaxed)
-                        - load.answered.load(Ordering::Relaxed);
+                    let outstanding = load
+                        .sent
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(load.answered.load(Ordering::Relaxed));
                     if outstanding > 2_000 * lanes as u64 {
                         break;
                     }
@@ -215,12 +223,15 @@ async fn generate(target: SocketAddr, qps: u64, duration: Duration, lanes: usize
 async fn reload_under_load_loses_no_query() {
     let a = FakeUpstream::start(Answer::a(Ipv4Addr::new(192, 0, 2, 1), 300)).await;
     let b = FakeUpstream::start(Answer::a(Ipv4Addr::new(192, 0, 2, 2), 300)).await;
-    let daemon = Daemon::start(
+    let daemon = Daemon::spawn_with(
         catalog_dir(),
         &config(&[a.addr, b.addr], "[listen]\nudp_workers = 2\n"),
         &[],
         &[],
+        None,
+        true,
     );
+    daemon.wait_ready();
     let load = Arc::new(Load::default());
     let generator = tokio::spawn(generate(
         daemon.dns,
@@ -247,8 +258,16 @@ async fn reload_under_load_loses_no_query() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let answered = load.answered.load(Ordering::Relaxed);
+    let metrics = daemon.get("/metrics").1;
+    let received: f64 = ["consul", "zone", "forward", "invalid"]
+        .iter()
+        .filter_map(|z| {
+            let series = format!("signpost_dns_requests_total{{proto=\"udp\",zone=\"{z}\"}}");
+            super::daemon::metric_value(&metrics, &series)
+        })
+        .sum();
     eprintln!(
-        "load: sent {sent} in 3 s ({} qps), answered {answered}, errors {}",
+        "load: sent {sent} in 3 s ({} qps), signpost counted {received}, answered {answered}, errors {}",
         sent / 3,
         load.errors.load(Ordering::Relaxed)
     );
