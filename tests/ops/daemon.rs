@@ -108,10 +108,6 @@ impl Daemon {
         }
     }
 
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// The config file; rewrite it and [`Daemon::signal`] `SIGHUP` to reload.
     pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("signpost.toml")

@@ -7,3 +7,5 @@ mod daemon;
 /// SIGHUP reloads, an invalid file keeps the old config, SIGTERM drains and exits 0, and a
 /// reload under load loses no query.
 mod lifecycle;
+/// The alerting rules under the real promtool and Prometheus.
+mod alerts;
