@@ -108,6 +108,10 @@ impl Daemon {
         }
     }
 
+    pub(crate) fn child_id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The config file; rewrite it and [`Daemon::signal`] `SIGHUP` to reload.
     pub(crate) fn config_path(&self) -> PathBuf {
         self.dir.path().join("signpost.toml")

@@ -9,3 +9,5 @@ mod daemon;
 mod lifecycle;
 /// The alerting rules under the real promtool and Prometheus.
 mod alerts;
+/// The systemd unit, `sd_notify`, and `--user`.
+mod systemd;
