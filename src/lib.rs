@@ -16,7 +16,7 @@
 //! - [`metrics`]: every metric name; [`http`]: `/metrics`, `/health`, `/ready`, `/v1/catalog`.
 //! - [`config`]: TOML → validated [`config::Config`]; [`app`]: wiring, reload and shutdown.
 //! - [`ops`]: running on a node: systemd notifications, dropping privileges, the query log,
-//!   `signpost status`, and importing dnsmasq and Consul DNS configurations.
+//!   `signpost status`; [`import`]: dnsmasq and Consul DNS configurations to signpost's.
 
 pub mod app;
 pub mod config;
@@ -24,6 +24,7 @@ pub mod consul;
 pub mod emit;
 pub mod forward;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod ops;
 pub mod router;

@@ -27,6 +27,26 @@ enum Command {
     /// Render the SRV data file and every template once from the current catalog, then exit
     /// (non-zero if any render, check, write or reload failed).
     Render(RenderArgs),
+    /// Turn a dnsmasq config into a signpost config (stdout); zone and hosts files it needs
+    /// are written to --dir. Each option that cannot be carried is named on stderr.
+    ImportDnsmasq(ImportDnsmasqArgs),
+    /// Turn a Consul agent config's DNS settings (JSON or HCL) into a signpost config (stdout).
+    ImportConsulDns(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The file to import.
+    file: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportDnsmasqArgs {
+    /// The dnsmasq config file.
+    file: PathBuf,
+    /// Where generated zone and hosts files go (referenced by absolute path).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -112,6 +132,13 @@ fn main() -> ExitCode {
             };
             run(config, &args)
         }
+        Command::ImportDnsmasq(args) => import(&args.file, |text| {
+            let dir = std::path::absolute(&args.dir).unwrap_or_else(|_| args.dir.clone());
+            signpost::import::dnsmasq::import(text, &args.file, &dir)
+        }),
+        Command::ImportConsulDns(args) => import(&args.file, |text| {
+            signpost::import::consul::import(text, &args.file)
+        }),
         Command::Render(args) => {
             init_tracing(&args.log_level, LogFormat::Text);
             let config = match load(&args.config) {
@@ -121,6 +148,36 @@ fn main() -> ExitCode {
             render(config, &args)
         }
     }
+}
+
+/// Read `file`, import it, write the generated files, print the TOML and the warnings.
+fn import(
+    file: &std::path::Path,
+    convert: impl FnOnce(&str) -> Result<signpost::import::Imported, signpost::import::ImportError>,
+) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(1, &format!("cannot read {}: {e}", file.display())),
+    };
+    let imported = match convert(&text) {
+        Ok(i) => i,
+        Err(e) => return fail(EX_CONFIG, &e),
+    };
+    for (path, contents) in &imported.files {
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(path, contents));
+        if let Err(e) = written {
+            return fail(1, &format!("cannot write {}: {e}", path.display()));
+        }
+        eprintln!("signpost: wrote {}", path.display());
+    }
+    for warning in &imported.warnings {
+        eprintln!("signpost: warning: {warning}");
+    }
+    print!("{}", imported.to_toml(&file.display().to_string()));
+    ExitCode::SUCCESS
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, signpost::config::ConfigError> {

@@ -11,3 +11,5 @@ mod lifecycle;
 mod alerts;
 /// The systemd unit, `sd_notify`, and `--user`.
 mod systemd;
+/// `import-dnsmasq` and `import-consul-dns` against the real dnsmasq.
+mod import;
