@@ -13,3 +13,5 @@ mod alerts;
 mod systemd;
 /// `import-dnsmasq` and `import-consul-dns` against the real dnsmasq.
 mod import;
+/// glibc's resolver through signpost in a network namespace of the test's own.
+mod netns;
