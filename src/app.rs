@@ -30,6 +30,7 @@ use crate::emit::{self, SrvData};
 use crate::forward::{ForwardError, Forwarder};
 use crate::http::{self, HttpState, Readiness};
 use crate::metrics;
+use crate::ops::query_log::QueryLog;
 use crate::router::Router;
 use crate::server::{Dispatcher, Local, tcp, udp};
 use crate::zones::{self, ZoneError, Zones};
@@ -43,6 +44,8 @@ pub enum AppError {
     Forward(#[from] ForwardError),
     #[error("consul: {0}")]
     Consul(#[from] consul::client::ConsulError),
+    #[error("cannot start the query log: {0}")]
+    QueryLog(#[source] std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -75,6 +78,7 @@ struct Live {
     shutdown: watch::Receiver<bool>,
     emitter: JoinHandle<()>,
     zones_reload: JoinHandle<()>,
+    query_log: Arc<QueryLog>,
 }
 
 /// What a successful reload did.
@@ -119,11 +123,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         Arc::clone(&local),
         shutdown_rx.clone(),
     );
-    let dispatcher = Arc::new(Dispatcher::new(
-        Arc::clone(&table),
-        Arc::clone(&local),
-        Arc::new(forwarder.clone()),
-    ));
+    let query_log = QueryLog::start().map_err(AppError::QueryLog)?;
+    query_log.set_enabled(config.log.queries);
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            Arc::clone(&table),
+            Arc::clone(&local),
+            Arc::new(forwarder.clone()),
+        )
+        .with_query_log(Arc::clone(&query_log)),
+    );
     let srv_data = Arc::new(ArcSwap::from_pointee(Bytes::new()));
 
     let mut tasks = Vec::new();
@@ -232,6 +241,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         shutdown: shutdown_rx,
         emitter,
         zones_reload: reload,
+        query_log,
     };
     Ok(Running {
         dns_addrs,
@@ -334,6 +344,7 @@ impl Running {
             )
             .into_handle();
         }
+        live.query_log.set_enabled(new.log.queries);
         live.config = new;
         Ok(reloaded)
     }

@@ -82,6 +82,9 @@ struct RunArgs {
     /// CAP_NET_BIND_SERVICE only to bind).
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
+    /// Log every query (as `[log] queries = true`), off the request path.
+    #[arg(long)]
+    log_queries: bool,
 }
 
 #[derive(Args)]
@@ -126,7 +129,7 @@ fn main() -> ExitCode {
         },
         Command::Run(args) => {
             init_tracing(&args.log_level, args.log_format);
-            let config = match load(&args.config) {
+            let config = match load_run(&args) {
                 Ok(c) => c,
                 Err(e) => return fail(EX_CONFIG, &e),
             };
@@ -178,6 +181,13 @@ fn import(
     }
     print!("{}", imported.to_toml(&file.display().to_string()));
     ExitCode::SUCCESS
+}
+
+/// The config for `run`: the file and flags, plus `--log-queries`.
+fn load_run(args: &RunArgs) -> Result<Config, signpost::config::ConfigError> {
+    let mut config = load(&args.config)?;
+    config.log.queries |= args.log_queries;
+    Ok(config)
 }
 
 fn load(args: &ConfigArgs) -> Result<Config, signpost::config::ConfigError> {
@@ -235,7 +245,7 @@ fn run(config: Config, args: &RunArgs) -> ExitCode {
                 "RELOADING=1\nMONOTONIC_USEC={}",
                 signpost::ops::notify::monotonic_usec()
             ));
-            let result = match load(&args.config) {
+            let result = match load_run(args) {
                 Ok(config) => running.reload(config).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
@@ -371,7 +381,10 @@ fn render(config: Config, args: &RenderArgs) -> ExitCode {
 fn init_tracing(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     // hickory's own INFO lines cost ~20% of throughput (reference/hickory.md §2.4).
-    let filter = EnvFilter::try_new(format!("{level},hickory_server=warn,hickory_proto=warn"))
+    // The query log has its own switch ([log] queries): its lines pass whatever the level.
+    let filter = EnvFilter::try_new(format!(
+        "{level},hickory_server=warn,hickory_proto=warn,signpost::query=info"
+    ))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -17,7 +17,7 @@ use super::raw::{
     RawTemplate, RawZones, default_wait_max, default_wait_min,
 };
 use super::{
-    CacheConfig, Config, ConfigError, ConsulConfig, ConsulSource, DnsConfig, EmitConfig,
+    CacheConfig, Config, ConfigError, LogConfig, ConsulConfig, ConsulSource, DnsConfig, EmitConfig,
     ForwardConfig, ForwardDomain, ListenConfig, Overrides, ServiceTtl, SoaConfig, Strategy,
     TemplateConfig, TemplateMode, Upstream, ZonesConfig,
 };
@@ -268,6 +268,9 @@ pub(super) fn validate(
         cache,
         zones,
         emit,
+        log: LogConfig {
+            queries: raw.log.queries,
+        },
     };
     check_forward_domains(&config, src)?;
     check_loops(&config, src)?;

@@ -19,6 +19,7 @@ use hickory_proto::op::Message;
 use crate::consul::answer::{AnswerTable, Outcome};
 use crate::forward::Forwarder;
 use crate::metrics::{DnsMetrics, Zone};
+use crate::ops::query_log::QueryLog;
 use crate::router::{Route, Router};
 use crate::wire::{self, ParseError, Proto, Query, rcode};
 use crate::zones::Zones;
@@ -51,6 +52,8 @@ pub struct Dispatcher {
     in_flight: AtomicUsize,
     drained: tokio::sync::Notify,
     metrics: DnsMetrics,
+    /// The opt-in query log (issue 9); checked with one relaxed load per answer.
+    query_log: Option<Arc<QueryLog>>,
 }
 
 /// How long a listener waits at shutdown for its forwarded queries to be answered.
@@ -82,6 +85,23 @@ impl Dispatcher {
             in_flight: AtomicUsize::new(0),
             drained: tokio::sync::Notify::new(),
             metrics: DnsMetrics::new(),
+            query_log: None,
+        }
+    }
+
+    /// Log answered queries to `log` while it is enabled.
+    pub fn with_query_log(mut self, log: Arc<QueryLog>) -> Dispatcher {
+        self.query_log = Some(log);
+        self
+    }
+
+    /// Queue a query-log line if the log is on.
+    #[inline]
+    fn log_query(&self, name: &[u8], qtype: u16, proto: Proto, zone: Zone, rcode: u8, start: Instant) {
+        if let Some(log) = &self.query_log
+            && log.enabled()
+        {
+            log.record(name, qtype, proto, zone, rcode, start.elapsed());
         }
     }
 
@@ -165,6 +185,7 @@ impl Dispatcher {
         };
         self.metrics
             .record(proto, zone, outcome.rcode, start.elapsed());
+        self.log_query(name, query.qtype, proto, zone, outcome.rcode, start);
         Handled::Answered
     }
 
@@ -211,6 +232,14 @@ impl Dispatcher {
         let code = reply.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0F);
         self.metrics
             .record(proto, Zone::Forward, code, start.elapsed());
+        if self.query_log.as_ref().is_some_and(|l| l.enabled())
+            && let Ok(query) = Query::parse(packet)
+        {
+            let mut buf = [0u8; 256];
+            if let Some(name) = wire::dotted_lower(query.qname, &mut buf) {
+                self.log_query(name, query.qtype, proto, Zone::Forward, code, start);
+            }
+        }
         reply
     }
 

@@ -72,6 +72,19 @@ impl Daemon {
         dns: Option<SocketAddr>,
         niced: bool,
     ) -> Daemon {
+        Daemon::spawn_full(dir, toml, extra, env, dns, niced, false)
+    }
+
+    /// [`Daemon::spawn_with`]; `stderr_blocked`: stderr is a pipe this side never reads.
+    pub(crate) fn spawn_full(
+        dir: tempfile::TempDir,
+        toml: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        dns: Option<SocketAddr>,
+        niced: bool,
+        stderr_blocked: bool,
+    ) -> Daemon {
         let config = dir.path().join("signpost.toml");
         std::fs::write(&config, toml).unwrap();
         let dns = dns.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
@@ -96,7 +109,12 @@ impl Daemon {
             .env_remove("SIGNPOST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
+            .stderr(if stderr_blocked {
+                // A pipe nobody reads: after 64 KiB every write to stderr blocks.
+                Stdio::piped()
+            } else {
+                Stdio::from(std::fs::File::create(&stderr).unwrap())
+            })
             .spawn()
             .expect("spawn signpost");
         Daemon {

@@ -148,16 +148,16 @@ async fn sigterm_drains_in_flight_and_exits_0() {
 
 /// Queries sent, answered, and answered with an error, by the load generator.
 #[derive(Default)]
-struct Load {
-    sent: AtomicU64,
-    answered: AtomicU64,
-    errors: AtomicU64,
+pub(super) struct Load {
+    pub(super) sent: AtomicU64,
+    pub(super) answered: AtomicU64,
+    pub(super) errors: AtomicU64,
 }
 
 /// A bounded UDP load generator: `lanes` sockets, each pacing its share of `qps` every
 /// millisecond for `duration` and counting replies, at most 2,000 queries outstanding per
 /// socket. Returns when sending is done; replies keep being counted by the receiver tasks.
-async fn generate(target: SocketAddr, qps: u64, duration: Duration, lanes: usize, load: Arc<Load>) {
+pub(super) async fn generate(target: SocketAddr, qps: u64, duration: Duration, lanes: usize, load: Arc<Load>) {
     let mut senders = Vec::new();
     for lane in 0..lanes {
         // A big receive buffer: on a busy machine this test's runtime may fall behind for a

@@ -15,3 +15,5 @@ mod systemd;
 mod import;
 /// glibc's resolver through signpost in a network namespace of the test's own.
 mod netns;
+/// The query log: its lines, and answers unaffected when it is blocked.
+mod query_log;
