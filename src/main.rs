@@ -32,6 +32,15 @@ enum Command {
     ImportDnsmasq(ImportDnsmasqArgs),
     /// Turn a Consul agent config's DNS settings (JSON or HCL) into a signpost config (stdout).
     ImportConsulDns(ImportArgs),
+    /// Print a short summary of a running signpost (catalog, upstreams, cache, renders).
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The running signpost's HTTP address (its `listen.http`).
+    #[arg(long, default_value = "127.0.0.1:9153")]
+    http: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -142,6 +151,30 @@ fn main() -> ExitCode {
         Command::ImportConsulDns(args) => import(&args.file, |text| {
             signpost::import::consul::import(text, &args.file)
         }),
+        Command::Status(args) => {
+            use signpost::ops::status;
+            let ready = status::get(args.http, "/ready").map(|(code, _)| code == 200);
+            let metrics = status::get(args.http, "/metrics");
+            match (ready, metrics) {
+                (Ok(ready), Ok((200, body))) => {
+                    let catalog = status::get(args.http, "/v1/catalog")
+                        .ok()
+                        .filter(|(code, _)| *code == 200)
+                        .map(|(_, body)| body);
+                    print!(
+                        "{}",
+                        status::summary(args.http, ready, &body, catalog.as_deref())
+                    );
+                    if ready { ExitCode::SUCCESS } else { ExitCode::from(3) }
+                }
+                (Ok(_), Ok((code, _))) => {
+                    fail(1, &format!("{}: /metrics answered {code}", args.http))
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    fail(1, &format!("cannot reach signpost at {}: {e}", args.http))
+                }
+            }
+        }
         Command::Render(args) => {
             init_tracing(&args.log_level, LogFormat::Text);
             let config = match load(&args.config) {

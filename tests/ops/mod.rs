@@ -17,3 +17,5 @@ mod import;
 mod netns;
 /// The query log: its lines, and answers unaffected when it is blocked.
 mod query_log;
+/// `signpost status`.
+mod status;
