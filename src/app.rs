@@ -260,7 +260,10 @@ pub fn record_reload(result: &Result<Reloaded, String>) {
         Ok(reloaded) => {
             ::metrics::counter!(metrics::CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
             for key in &reloaded.needs_restart {
-                tracing::warn!(key, "changed at reload but only a restart applies it; still using the old value");
+                tracing::warn!(
+                    key,
+                    "changed at reload but only a restart applies it; still using the old value"
+                );
             }
             tracing::info!("configuration reloaded");
         }

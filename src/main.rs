@@ -165,7 +165,11 @@ fn main() -> ExitCode {
                         "{}",
                         status::summary(args.http, ready, &body, catalog.as_deref())
                     );
-                    if ready { ExitCode::SUCCESS } else { ExitCode::from(3) }
+                    if ready {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(3)
+                    }
                 }
                 (Ok(_), Ok((code, _))) => {
                     fail(1, &format!("{}: /metrics answered {code}", args.http))
@@ -418,7 +422,7 @@ fn init_tracing(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_new(format!(
         "{level},hickory_server=warn,hickory_proto=warn,signpost::query=info"
     ))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -17,9 +17,9 @@ use super::raw::{
     RawTemplate, RawZones, default_wait_max, default_wait_min,
 };
 use super::{
-    CacheConfig, Config, ConfigError, LogConfig, ConsulConfig, ConsulSource, DnsConfig, EmitConfig,
-    ForwardConfig, ForwardDomain, ListenConfig, Overrides, ServiceTtl, SoaConfig, Strategy,
-    TemplateConfig, TemplateMode, Upstream, ZonesConfig,
+    CacheConfig, Config, ConfigError, ConsulConfig, ConsulSource, DnsConfig, EmitConfig,
+    ForwardConfig, ForwardDomain, ListenConfig, LogConfig, Overrides, ServiceTtl, SoaConfig,
+    Strategy, TemplateConfig, TemplateMode, Upstream, ZonesConfig,
 };
 
 /// What `resolv.conf` in an upstream list stands for.

@@ -79,7 +79,9 @@ pub fn import(text: &str, path: &Path) -> Result<Imported, ImportError> {
              the resolvers of /etc/resolv.conf (forward.upstreams = [\"resolv.conf\"])",
         ),
     }
-    if let Some(timeout) = agent.pointer("/dns_config/recursor_timeout").and_then(Value::as_str)
+    if let Some(timeout) = agent
+        .pointer("/dns_config/recursor_timeout")
+        .and_then(Value::as_str)
     {
         out.forward.insert("timeout".into(), timeout.into());
     }

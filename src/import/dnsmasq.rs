@@ -67,7 +67,8 @@ pub fn import(text: &str, path: &Path, out_dir: &Path) -> Result<Imported, Impor
             "host-record" => host_record(&mut d, &mut out, value).map_err(parse_error)?,
             "srv-host" => srv_host(&mut d, &mut out, value).map_err(parse_error)?,
             "cache-size" => {
-                out.cache.insert("size".into(), (number(value)? as i64).into());
+                out.cache
+                    .insert("size".into(), (number(value)? as i64).into());
             }
             "min-cache-ttl" => {
                 out.cache
@@ -84,12 +85,13 @@ pub fn import(text: &str, path: &Path, out_dir: &Path) -> Result<Imported, Impor
             )),
             "no-resolv" => d.no_resolv = true,
             "resolv-file" => d.resolv_file = Some(value.to_owned()),
-            "listen-address" => d.listen.extend(value.split(',').map(|a| a.trim().to_owned())),
+            "listen-address" => d
+                .listen
+                .extend(value.split(',').map(|a| a.trim().to_owned())),
             "port" => {
                 let port = number(value)?;
-                d.port = Some(
-                    u16::try_from(port).map_err(|_| parse_error(format!("port {port}")))?,
-                );
+                d.port =
+                    Some(u16::try_from(port).map_err(|_| parse_error(format!("port {port}")))?);
             }
             "no-hosts" => d.no_hosts = true,
             "addn-hosts" => d.addn_hosts.push(value.to_owned()),
@@ -98,7 +100,9 @@ pub fn import(text: &str, path: &Path, out_dir: &Path) -> Result<Imported, Impor
             }
             "bind-interfaces" | "bind-dynamic" => {}
             "keep-in-foreground" | "no-daemon" | "user" | "group" | "pid-file" | "log-facility" => {
-                out.warn(format!("{key}: process option, not needed (see config/signpost.service)"))
+                out.warn(format!(
+                    "{key}: process option, not needed (see config/signpost.service)"
+                ))
             }
             _ => out.warn(format!("{line}: not carried (no signpost equivalent)")),
         }
@@ -119,7 +123,9 @@ fn upstream(text: &str) -> Result<String, String> {
         .parse()
         .map_err(|_| format!("server: `{text}` is not IP[#port]"))?;
     let port: u16 = match port {
-        Some(p) => p.parse().map_err(|_| format!("server: bad port in `{text}`"))?,
+        Some(p) => p
+            .parse()
+            .map_err(|_| format!("server: bad port in `{text}`"))?,
         None => 53,
     };
     Ok(match ip {
@@ -142,7 +148,9 @@ fn domains_and_rest(value: &str) -> Option<(Vec<String>, &str)> {
 fn server(d: &mut Dnsmasq, out: &mut Imported, key: &str, value: &str) -> Result<(), String> {
     let Some((domains, rest)) = domains_and_rest(value) else {
         if value.contains('@') {
-            out.warn(format!("{key}={value}: the @source/@interface part is not carried"));
+            out.warn(format!(
+                "{key}={value}: the @source/@interface part is not carried"
+            ));
         }
         d.servers.push(upstream(value)?);
         return Ok(());
@@ -156,7 +164,9 @@ fn server(d: &mut Dnsmasq, out: &mut Imported, key: &str, value: &str) -> Result
             continue;
         }
         if domain.is_empty() || domain == "#" {
-            out.warn(format!("{key}={value}: `/#/` and empty domains are not carried"));
+            out.warn(format!(
+                "{key}={value}: `/#/` and empty domains are not carried"
+            ));
             continue;
         }
         match rest {
@@ -228,7 +238,9 @@ fn host_record(d: &mut Dnsmasq, out: &mut Imported, value: &str) -> Result<(), S
         }
     }
     if names.is_empty() || ips.is_empty() {
-        return Err(format!("host-record: `{value}` needs a name and an address"));
+        return Err(format!(
+            "host-record: `{value}` needs a name and an address"
+        ));
     }
     for ip in ips {
         d.hosts.push(format!("{ip} {}", names.join(" ")));
@@ -246,9 +258,18 @@ fn srv_host(d: &mut Dnsmasq, out: &mut Imported, value: &str) -> Result<(), Stri
         return Ok(());
     }
     let target = fields.get(1).copied().unwrap_or(".");
-    let port: u16 = fields.get(2).map_or(Ok(0), |p| p.parse()).map_err(|_| format!("srv-host: bad port in `{value}`"))?;
-    let priority: u16 = fields.get(3).map_or(Ok(0), |p| p.parse()).map_err(|_| format!("srv-host: bad priority in `{value}`"))?;
-    let weight: u16 = fields.get(4).map_or(Ok(0), |p| p.parse()).map_err(|_| format!("srv-host: bad weight in `{value}`"))?;
+    let port: u16 = fields
+        .get(2)
+        .map_or(Ok(0), |p| p.parse())
+        .map_err(|_| format!("srv-host: bad port in `{value}`"))?;
+    let priority: u16 = fields
+        .get(3)
+        .map_or(Ok(0), |p| p.parse())
+        .map_err(|_| format!("srv-host: bad priority in `{value}`"))?;
+    let weight: u16 = fields
+        .get(4)
+        .map_or(Ok(0), |p| p.parse())
+        .map_err(|_| format!("srv-host: bad weight in `{value}`"))?;
     let target = if target == "." {
         ".".to_owned()
     } else {
@@ -268,7 +289,9 @@ fn srv_host(d: &mut Dnsmasq, out: &mut Imported, value: &str) -> Result<(), Stri
     } else {
         format!("{name}.")
     };
-    zone(d, &origin).push(format!("{owner} IN SRV {priority} {weight} {port} {target}"));
+    zone(d, &origin).push(format!(
+        "{owner} IN SRV {priority} {weight} {port} {target}"
+    ));
     Ok(())
 }
 
@@ -302,7 +325,9 @@ fn finish(d: Dnsmasq, out: &mut Imported, out_dir: &Path) {
     }
     let port = if port == 0 { 53 } else { port };
     let listen: Vec<toml::Value> = if d.listen.is_empty() {
-        out.warn("no listen-address: dnsmasq listens on every interface; signpost on 127.0.0.1 only");
+        out.warn(
+            "no listen-address: dnsmasq listens on every interface; signpost on 127.0.0.1 only",
+        );
         vec![format!("127.0.0.1:{port}").into()]
     } else {
         d.listen
@@ -337,7 +362,9 @@ fn finish(d: Dnsmasq, out: &mut Imported, out_dir: &Path) {
         Some(path)
     } else if let Some(first) = d.addn_hosts.first() {
         if d.addn_hosts.len() > 1 || !d.no_hosts {
-            out.warn(format!("signpost reads one hosts file: only {first} is used"));
+            out.warn(format!(
+                "signpost reads one hosts file: only {first} is used"
+            ));
         }
         Some(PathBuf::from(first))
     } else if !d.no_hosts {

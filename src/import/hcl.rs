@@ -56,7 +56,10 @@ fn lex(text: &str) -> Result<Vec<(Token, usize)>, (usize, String)> {
                 i += 2;
             }
             '<' if chars.get(i + 1) == Some(&'<') => {
-                return Err((line, "heredocs are not supported; use a quoted string".into()));
+                return Err((
+                    line,
+                    "heredocs are not supported; use a quoted string".into(),
+                ));
             }
             '"' => {
                 let mut s = String::new();

@@ -64,7 +64,9 @@ impl Notifier {
     /// for the caller to log; systemd going away must not stop DNS.
     pub fn notify(&self, state: &str) -> io::Result<()> {
         match (&self.socket, &self.target) {
-            (Some(socket), Some(target)) => socket.send_to_addr(state.as_bytes(), target).map(|_| ()),
+            (Some(socket), Some(target)) => {
+                socket.send_to_addr(state.as_bytes(), target).map(|_| ())
+            }
             _ => Ok(()),
         }
     }

@@ -65,7 +65,15 @@ impl QueryLog {
     }
 
     /// Queue a line for `name` (dotted, as received); never waits.
-    pub fn record(&self, name: &[u8], qtype: u16, proto: Proto, zone: Zone, rcode: u8, took: Duration) {
+    pub fn record(
+        &self,
+        name: &[u8],
+        qtype: u16,
+        proto: Proto,
+        zone: Zone,
+        rcode: u8,
+        took: Duration,
+    ) {
         let entry = Entry {
             name: String::from_utf8_lossy(name).into(),
             qtype,

@@ -32,7 +32,10 @@ pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 /// Parse the Prometheus text format into samples by metric name.
 fn parse(text: &str) -> Samples {
     let mut samples = Samples::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
         };
@@ -115,8 +118,12 @@ pub fn summary(addr: SocketAddr, ready: bool, metrics: &str, catalog: Option<&st
                 out,
                 "catalog:   {} services, {instances} instances, datacenter {}, index {}, {age}",
                 services.len(),
-                document.as_ref().map_or("?", |d| d["datacenter"].as_str().unwrap_or("?")),
-                document.as_ref().map_or(0, |d| d["index"].as_u64().unwrap_or(0)),
+                document
+                    .as_ref()
+                    .map_or("?", |d| d["datacenter"].as_str().unwrap_or("?")),
+                document
+                    .as_ref()
+                    .map_or(0, |d| d["index"].as_u64().unwrap_or(0)),
             );
         }
         None => {
@@ -156,7 +163,10 @@ pub fn summary(addr: SocketAddr, ready: bool, metrics: &str, catalog: Option<&st
         total(&s, m::FORWARD_REFUSED_TOTAL)
     );
 
-    let (hits, misses) = (total(&s, m::CACHE_HITS_TOTAL), total(&s, m::CACHE_MISSES_TOTAL));
+    let (hits, misses) = (
+        total(&s, m::CACHE_HITS_TOTAL),
+        total(&s, m::CACHE_MISSES_TOTAL),
+    );
     let ratio = if hits + misses > 0.0 {
         format!("{:.1}%", 100.0 * hits / (hits + misses))
     } else {

@@ -97,7 +97,15 @@ impl Dispatcher {
 
     /// Queue a query-log line if the log is on.
     #[inline]
-    fn log_query(&self, name: &[u8], qtype: u16, proto: Proto, zone: Zone, rcode: u8, start: Instant) {
+    fn log_query(
+        &self,
+        name: &[u8],
+        qtype: u16,
+        proto: Proto,
+        zone: Zone,
+        rcode: u8,
+        start: Instant,
+    ) {
         if let Some(log) = &self.query_log
             && log.enabled()
         {

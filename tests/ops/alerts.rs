@@ -86,13 +86,18 @@ fn promtool_checks_and_tests_the_rules() {
         .arg(&rules)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
 
     let dir = tempfile::tempdir().unwrap();
     let tests = dir.path().join("alerts.test.yml");
-    std::fs::write(&tests, RULE_TESTS.replace("RULES", &format!("'{}'", rules.display()))).unwrap();
+    std::fs::write(
+        &tests,
+        RULE_TESTS.replace("RULES", &format!("'{}'", rules.display())),
+    )
+    .unwrap();
     let out = Command::new("promtool")
         .args(["test", "rules"])
         .arg(&tests)
@@ -123,7 +128,12 @@ fn prometheus_scrapes_signpost_and_loads_the_rules() {
     if !require_tool("prometheus") {
         return;
     }
-    let signpost = Daemon::start(catalog_dir(), DEMO_CONSUL, &["--upstream", "192.0.2.1"], &[]);
+    let signpost = Daemon::start(
+        catalog_dir(),
+        DEMO_CONSUL,
+        &["--upstream", "192.0.2.1"],
+        &[],
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
@@ -139,7 +149,10 @@ fn prometheus_scrapes_signpost_and_loads_the_rules() {
     let _prometheus = Prometheus(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={web}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -152,7 +165,10 @@ fn prometheus_scrapes_signpost_and_loads_the_rules() {
         if status == 200 && body.contains("\"job\":\"signpost\"") && body.contains(",\"1\"]") {
             break;
         }
-        assert!(Instant::now() < deadline, "no signpost_ready from Prometheus: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "no signpost_ready from Prometheus: {body}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     let (_, rules) = http_get(web, "/api/v1/rules");

@@ -25,7 +25,11 @@ pub(crate) fn repo(path: &str) -> PathBuf {
 /// A fresh directory holding `catalog.json` (the demo catalog) for `file:catalog.json`.
 pub(crate) fn catalog_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(repo("config/demo-catalog.json"), dir.path().join("catalog.json")).unwrap();
+    std::fs::copy(
+        repo("config/demo-catalog.json"),
+        dir.path().join("catalog.json"),
+    )
+    .unwrap();
     dir
 }
 
@@ -211,7 +215,11 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// The value of `series` in a Prometheus text exposition.
 pub(crate) fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

@@ -104,13 +104,26 @@ fn dnsmasq_man_page_examples_import() {
         "srv-host=_ldap._tcp,",
         "subdomains",
     ] {
-        assert!(stderr.contains(warned), "no warning for {warned}:\n{stderr}");
+        assert!(
+            stderr.contains(warned),
+            "no warning for {warned}:\n{stderr}"
+        );
     }
     let hosts = std::fs::read_to_string(dir.path().join("hosts")).unwrap();
-    assert!(hosts.contains("192.168.0.1 laptop laptop.thekelleys.org"), "{hosts}");
-    assert!(hosts.contains("1234::100 laptop laptop.thekelleys.org"), "{hosts}");
-    let srv = std::fs::read_to_string(dir.path().join("zones/_ldap._tcp.example.com.zone")).unwrap();
-    assert!(srv.contains("@ IN SRV 1 0 389 ldapserver.example.com."), "{srv}");
+    assert!(
+        hosts.contains("192.168.0.1 laptop laptop.thekelleys.org"),
+        "{hosts}"
+    );
+    assert!(
+        hosts.contains("1234::100 laptop laptop.thekelleys.org"),
+        "{hosts}"
+    );
+    let srv =
+        std::fs::read_to_string(dir.path().join("zones/_ldap._tcp.example.com.zone")).unwrap();
+    assert!(
+        srv.contains("@ IN SRV 1 0 389 ldapserver.example.com."),
+        "{srv}"
+    );
 }
 
 /// A dnsmasq process started from a config file, killed when dropped.
@@ -253,7 +266,10 @@ dns_config {
     ] {
         assert!(from_hcl.contains(want), "{want} missing:\n{from_hcl}");
     }
-    assert!(stderr.contains("allow_stale") && stderr.contains("dns = -1"), "{stderr}");
+    assert!(
+        stderr.contains("allow_stale") && stderr.contains("dns = -1"),
+        "{stderr}"
+    );
 }
 
 /// Before and after for Consul's DNS port: the imported knobs (`udp_answer_limit = 1`,

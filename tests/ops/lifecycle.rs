@@ -97,10 +97,20 @@ async fn invalid_reload_keeps_the_running_config() {
     let daemon = Daemon::start(catalog_dir(), &config(&[a.addr], ""), &[], &[]);
     std::fs::write(daemon.config_path(), "[dns]\nbogus = 1\n").unwrap();
     daemon.signal(Signal::SIGHUP);
-    assert!(reloads(&daemon, "error", 1.0).await, "log:\n{}", daemon.log());
-    assert_eq!(daemon.metric("signpost_config_reloads_total{result=\"ok\"}"), Some(0.0));
+    assert!(
+        reloads(&daemon, "error", 1.0).await,
+        "log:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        daemon.metric("signpost_config_reloads_total{result=\"ok\"}"),
+        Some(0.0)
+    );
     let log = daemon.log();
-    assert!(log.contains("not reloaded") && log.contains("bogus"), "{log}");
+    assert!(
+        log.contains("not reloaded") && log.contains("bogus"),
+        "{log}"
+    );
     assert_eq!(
         a_records(daemon.dns, "still.example.net").await,
         [Ipv4Addr::new(192, 0, 2, 1)]
@@ -109,14 +119,22 @@ async fn invalid_reload_keeps_the_running_config() {
 
     // A valid file whose zone directory does not load is refused as a whole, too.
     std::fs::create_dir(daemon.dir.path().join("zones")).unwrap();
-    std::fs::write(daemon.dir.path().join("zones/bad.zone"), "this is not a zone\n").unwrap();
+    std::fs::write(
+        daemon.dir.path().join("zones/bad.zone"),
+        "this is not a zone\n",
+    )
+    .unwrap();
     std::fs::write(
         daemon.config_path(),
         config(&[a.addr], "[zones]\ndir = \"zones\"\n"),
     )
     .unwrap();
     daemon.signal(Signal::SIGHUP);
-    assert!(reloads(&daemon, "error", 2.0).await, "log:\n{}", daemon.log());
+    assert!(
+        reloads(&daemon, "error", 2.0).await,
+        "log:\n{}",
+        daemon.log()
+    );
     assert_eq!(
         a_records(daemon.dns, "again.example.net").await,
         [Ipv4Addr::new(192, 0, 2, 1)]
@@ -157,7 +175,13 @@ pub(super) struct Load {
 /// A bounded UDP load generator: `lanes` sockets, each pacing its share of `qps` every
 /// millisecond for `duration` and counting replies, at most 2,000 queries outstanding per
 /// socket. Returns when sending is done; replies keep being counted by the receiver tasks.
-pub(super) async fn generate(target: SocketAddr, qps: u64, duration: Duration, lanes: usize, load: Arc<Load>) {
+pub(super) async fn generate(
+    target: SocketAddr,
+    qps: u64,
+    duration: Duration,
+    lanes: usize,
+    load: Arc<Load>,
+) {
     let mut senders = Vec::new();
     for lane in 0..lanes {
         // A big receive buffer: on a busy machine this test's runtime may fall behind for a
@@ -165,7 +189,8 @@ pub(super) async fn generate(target: SocketAddr, qps: u64, duration: Duration, l
         let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
         let _ = raw.set_recv_buffer_size(8 << 20);
         raw.set_nonblocking(true).unwrap();
-        raw.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+        raw.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
         let socket = Arc::new(UdpSocket::from_std(raw.into()).unwrap());
         let load = Arc::clone(&load);
         let rx = Arc::clone(&socket);
@@ -274,6 +299,10 @@ async fn reload_under_load_loses_no_query() {
     assert!(reloads(&daemon, "ok", 5.0).await, "log:\n{}", daemon.log());
     assert_eq!(answered, sent, "lost {} queries", sent - answered);
     assert_eq!(load.errors.load(Ordering::Relaxed), 0);
-    assert!(sent >= 30_000, "the generator reached only {} qps", sent / 3);
+    assert!(
+        sent >= 30_000,
+        "the generator reached only {} qps",
+        sent / 3
+    );
     let _ = ResponseCode::NoError;
 }

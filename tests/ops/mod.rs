@@ -4,18 +4,18 @@
 
 mod daemon;
 
+/// The alerting rules under the real promtool and Prometheus.
+mod alerts;
+/// `import-dnsmasq` and `import-consul-dns` against the real dnsmasq.
+mod import;
 /// SIGHUP reloads, an invalid file keeps the old config, SIGTERM drains and exits 0, and a
 /// reload under load loses no query.
 mod lifecycle;
-/// The alerting rules under the real promtool and Prometheus.
-mod alerts;
-/// The systemd unit, `sd_notify`, and `--user`.
-mod systemd;
-/// `import-dnsmasq` and `import-consul-dns` against the real dnsmasq.
-mod import;
 /// glibc's resolver through signpost in a network namespace of the test's own.
 mod netns;
 /// The query log: its lines, and answers unaffected when it is blocked.
 mod query_log;
 /// `signpost status`.
 mod status;
+/// The systemd unit, `sd_notify`, and `--user`.
+mod systemd;

@@ -21,10 +21,21 @@ impl Netns {
         let name = format!("signpost-test-{}", std::process::id());
         // A namespace left by a killed earlier run with our pid would make `add` fail.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let out = Command::new("ip").args(["netns", "add", &name]).output().unwrap();
-        assert!(out.status.success(), "ip netns add: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip netns add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let etc = PathBuf::from("/etc/netns").join(&name);
-        let ns = Netns { name, etc, children: Vec::new() };
+        let ns = Netns {
+            name,
+            etc,
+            children: Vec::new(),
+        };
         std::fs::create_dir_all(&ns.etc).unwrap();
         ns.run(&["ip", "link", "set", "lo", "up"]);
         ns
@@ -33,7 +44,11 @@ impl Netns {
     /// `ip netns exec <ns> args...`: its output, after checking it succeeded.
     fn run(&self, args: &[&str]) -> String {
         let out = self.exec(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -62,7 +77,9 @@ impl Drop for Netns {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
         let _ = std::fs::remove_dir_all(&self.etc);
     }
 }
@@ -130,7 +147,10 @@ fn getent_resolves_through_signpost_in_a_netns() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(hosts.contains("web.service.consul"), "getent hosts: {hosts:?}");
+    assert!(
+        hosts.contains("web.service.consul"),
+        "getent hosts: {hosts:?}"
+    );
 
     let ahosts = getent(&["ahosts", "web.service.consul"]);
     assert!(
@@ -138,7 +158,10 @@ fn getent_resolves_through_signpost_in_a_netns() {
         "both web instances through getaddrinfo: {ahosts}"
     );
     let forwarded = getent(&["hosts", "forwarded.example"]);
-    assert!(forwarded.starts_with("192.0.2.44"), "forwarded: {forwarded:?}");
+    assert!(
+        forwarded.starts_with("192.0.2.44"),
+        "forwarded: {forwarded:?}"
+    );
     let short = getent(&["hosts", "web"]);
     assert!(
         short.contains("web.service.consul"),

@@ -15,7 +15,12 @@ use crate::support::signpost::{Via, ask, eventually};
 /// in JSON; without either, no query line is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_appear_in_the_log() {
-    let text = Daemon::start(catalog_dir(), DEMO_CONSUL, &["--log-queries", "--upstream", "192.0.2.1"], &[]);
+    let text = Daemon::start(
+        catalog_dir(),
+        DEMO_CONSUL,
+        &["--log-queries", "--upstream", "192.0.2.1"],
+        &[],
+    );
     ask(text.dns, "web.service.consul", RecordType::SRV, Via::Udp).await;
     ask(text.dns, "nope.service.consul", RecordType::A, Via::Tcp).await;
     assert!(
@@ -30,7 +35,19 @@ async fn queries_appear_in_the_log() {
     );
 
     let config = format!("{DEMO_CONSUL}\n[log]\nqueries = true\n");
-    let json = Daemon::start(catalog_dir(), &config, &["--log-format", "json", "--log-level", "warn", "--upstream", "192.0.2.1"], &[]);
+    let json = Daemon::start(
+        catalog_dir(),
+        &config,
+        &[
+            "--log-format",
+            "json",
+            "--log-level",
+            "warn",
+            "--upstream",
+            "192.0.2.1",
+        ],
+        &[],
+    );
     ask(json.dns, "api.service.consul", RecordType::A, Via::Udp).await;
     assert!(
         eventually(Duration::from_secs(3), || async {
@@ -45,7 +62,12 @@ async fn queries_appear_in_the_log() {
         json.log()
     );
 
-    let quiet = Daemon::start(catalog_dir(), DEMO_CONSUL, &["--upstream", "192.0.2.1"], &[]);
+    let quiet = Daemon::start(
+        catalog_dir(),
+        DEMO_CONSUL,
+        &["--upstream", "192.0.2.1"],
+        &[],
+    );
     ask(quiet.dns, "web.service.consul", RecordType::A, Via::Udp).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!quiet.log().contains("qname="), "{}", quiet.log());
@@ -59,7 +81,13 @@ async fn a_blocked_log_never_slows_answers() {
     let daemon = Daemon::spawn_full(
         catalog_dir(),
         DEMO_CONSUL,
-        &["--log-queries", "--upstream", "192.0.2.1", "--log-level", "warn"],
+        &[
+            "--log-queries",
+            "--upstream",
+            "192.0.2.1",
+            "--log-level",
+            "warn",
+        ],
         &[],
         None,
         true,
@@ -68,13 +96,25 @@ async fn a_blocked_log_never_slows_answers() {
     daemon.wait_ready();
     let load = Arc::new(Load::default());
     let started = Instant::now();
-    generate(daemon.dns, 10_000, Duration::from_secs(1), 2, Arc::clone(&load)).await;
+    generate(
+        daemon.dns,
+        10_000,
+        Duration::from_secs(1),
+        2,
+        Arc::clone(&load),
+    )
+    .await;
     let sent = load.sent.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(3);
     while load.answered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(load.answered.load(Ordering::Relaxed), sent, "in {:?}", started.elapsed());
+    assert_eq!(
+        load.answered.load(Ordering::Relaxed),
+        sent,
+        "in {:?}",
+        started.elapsed()
+    );
     let dropped = daemon
         .metric("signpost_query_log_dropped_total")
         .unwrap_or(0.0);

@@ -98,10 +98,7 @@ fn sd_notify_ready_watchdog_reload_stop() {
     wait_for(&socket, "WATCHDOG=1", &mut seen);
     daemon.signal(Signal::SIGHUP);
     wait_for(&socket, "RELOADING=1", &mut seen);
-    assert!(
-        seen.last().unwrap().contains("MONOTONIC_USEC="),
-        "{seen:?}"
-    );
+    assert!(seen.last().unwrap().contains("MONOTONIC_USEC="), "{seen:?}");
     wait_for(&socket, "READY=1", &mut seen);
     daemon.signal(Signal::SIGTERM);
     wait_for(&socket, "STOPPING=1", &mut seen);
@@ -116,7 +113,9 @@ fn thread_ids(pid: u32) -> Vec<String> {
         ids.extend(
             status
                 .lines()
-                .filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:") || l.starts_with("Groups:"))
+                .filter(|l| {
+                    l.starts_with("Uid:") || l.starts_with("Gid:") || l.starts_with("Groups:")
+                })
                 .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")),
         );
     }
@@ -143,7 +142,14 @@ async fn user_drops_root_after_binding_port_53() {
     let daemon = Daemon::spawn(
         dir,
         DEMO_CONSUL,
-        &["--upstream", "192.0.2.1", "--user", "nobody", "--log-level", "info"],
+        &[
+            "--upstream",
+            "192.0.2.1",
+            "--user",
+            "nobody",
+            "--log-level",
+            "info",
+        ],
         &[],
         Some(dns),
     );
@@ -164,5 +170,9 @@ async fn user_drops_root_after_binding_port_53() {
     assert!(reply.answers.len() >= 2, "{reply:?}");
     let reply = ask(dns, "web.service.consul", RecordType::A, Via::Tcp).await;
     assert!(reply.answers.len() >= 2, "{reply:?}");
-    assert!(daemon.log().contains("privileges dropped"), "{}", daemon.log());
+    assert!(
+        daemon.log().contains("privileges dropped"),
+        "{}",
+        daemon.log()
+    );
 }
