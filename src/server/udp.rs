@@ -92,6 +92,9 @@ async fn serve(
             }
         }
     }
+    // ops (issue 9): stop reading, but let forwarded queries already in flight answer
+    // before this runtime (and its tasks) is dropped: SIGTERM drains.
+    dispatcher.drain(crate::server::DRAIN_DEADLINE).await;
 }
 
 /// Send without waiting when the socket has room (the usual case), else wait for room.
