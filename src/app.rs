@@ -424,6 +424,9 @@ async fn follow_catalog(
                 let answers = AnswerTable::update(&table.load(), catalog, &domains, &dns);
                 table.store(Arc::new(answers));
                 tracing::debug!(took = ?started.elapsed(), "answer table updated");
+                // The previous table is freed by now unless a request still holds it; give the
+                // pages back without holding up the next update.
+                drop(tokio::task::spawn_blocking(crate::ops::memory::trim));
             })
             .await;
             match built {

@@ -246,6 +246,8 @@ fn check_zones(config: &Config) -> Result<(), signpost::zones::ZoneError> {
 }
 
 fn run(config: Config, args: &RunArgs) -> ExitCode {
+    // Before any thread exists: two malloc arenas (see `ops::memory`).
+    signpost::ops::memory::limit_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("signpost")

@@ -6,6 +6,7 @@
 //! - [`query_log`]: the opt-in query log, off the request path.
 //! - [`status`]: `signpost status`, a summary read from a running signpost's `/metrics`.
 
+pub mod memory;
 pub mod notify;
 pub mod privileges;
 pub mod query_log;
