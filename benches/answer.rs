@@ -153,7 +153,7 @@ fn hot_path(c: &mut Criterion) {
                 tally.add(s.zone, s.rcode);
             }
             n += 1;
-            if n % 32 == 0 {
+            if n.is_multiple_of(32) {
                 tally.flush(d.metrics(), Proto::Udp, std::time::Duration::from_micros(5));
             }
             h

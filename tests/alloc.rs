@@ -239,8 +239,9 @@ fn forward_cache_hit_allocates_nothing() {
 /// compiles while `Dispatcher::new` takes it that way.
 #[test]
 fn dispatcher_data_is_behind_arc_swap() {
-    let _: fn(Arc<ArcSwap<AnswerTable>>, Arc<ArcSwap<Local>>, Arc<Forwarder>) -> Dispatcher =
-        Dispatcher::new;
+    type Table = Arc<ArcSwap<AnswerTable>>;
+    type LocalData = Arc<ArcSwap<Local>>;
+    let _: fn(Table, LocalData, Arc<Forwarder>) -> Dispatcher = Dispatcher::new;
 }
 
 /// Readers keep answering, every answer complete, while a writer swaps in new tables as fast as

@@ -90,7 +90,7 @@ pub(crate) fn run(spec: &Spec) -> std::io::Result<Report> {
 
     let mut batches = Batches::new();
     let mut lens = [0usize; BATCH];
-    let mut bufs: Vec<Vec<u8>> = vec![Vec::with_capacity(512); BATCH];
+    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(512)).collect();
     // Send time per ID in ns since `start`, plus one; 0 = free.
     let mut sent_at = vec![0u64; 1 << 16];
     let mut latencies: Vec<u32> = Vec::with_capacity(MAX_SAMPLES.min(spec.max_queries as usize));
@@ -169,8 +169,8 @@ pub(crate) fn run(spec: &Spec) -> std::io::Result<Report> {
         let got = batches.recv_with(&socket, &mut lens, flags).unwrap_or(0);
         if got > 0 {
             let stamp = Instant::now().duration_since(start).as_nanos() as u64 + 1;
-            for i in 0..got {
-                let reply = &batches.replies[i][..lens[i].min(mmsg_reply_len())];
+            for (reply, &len) in batches.replies.iter().zip(&lens).take(got) {
+                let reply = &reply[..len.min(mmsg_reply_len())];
                 if reply.len() < 12 {
                     continue;
                 }

@@ -239,10 +239,10 @@ mod tests {
         while got < 2 {
             let n = batch.recv(&server).unwrap();
             let mut seen = Vec::new();
-            for i in 0..n {
+            for (i, out) in outs.iter_mut().enumerate().take(n) {
                 let packet = batch.packet(i).unwrap();
                 let peer = batch.peer(i).unwrap();
-                outs[i] = [packet, b"!"].concat();
+                *out = [packet, b"!"].concat();
                 seen.push((i, peer));
             }
             slots.clear();
@@ -276,9 +276,9 @@ mod tests {
         let mut received = Vec::new();
         while received.len() < 3 {
             let n = batch.recv(&server).unwrap();
-            for i in 0..n {
+            for (i, out) in outs.iter_mut().enumerate().take(n) {
                 received.push(batch.packet(i).unwrap().to_vec());
-                outs[i] = batch.packet(i).unwrap().to_vec();
+                *out = batch.packet(i).unwrap().to_vec();
             }
             // Answer only the datagrams other than "b" from this receive.
             let slots: Vec<usize> = (0..n).filter(|&i| outs[i] != b"b").collect();
