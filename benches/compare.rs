@@ -297,7 +297,8 @@ fn start_unbound(pinned: bool) -> Option<Server> {
          \x20 access-control: 127.0.0.0/8 allow\n  num-threads: 1\n\
          \x20 chroot: \"\"\n  username: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n\
          \x20 use-syslog: no\n  logfile: \"\"\n  verbosity: 0\n  module-config: \"iterator\"\n\
-         \x20 auto-trust-anchor-file: \"\"\n  local-zone: \"consul.\" static\n"
+         \x20 auto-trust-anchor-file: \"\"\n  so-rcvbuf: 4m\n  so-sndbuf: 4m\n\
+         \x20 local-zone: \"consul.\" static\n"
     );
     for (node, ip, port) in WEB {
         config.push_str(&format!("  local-data: \"{NAME}. 0 IN A {ip}\"\n"));

@@ -10,8 +10,11 @@
 //! A forwarded name is the exception: its bytes are copied into a task on the worker's own
 //! current-thread runtime, run by a companion thread, which sends the reply with a
 //! non-blocking `sendto` on a clone of the socket when the upstream answers. The companion
-//! also waits for shutdown and raises the stop flag that the loop checks after every receive
-//! (at least every [`POLL`], the socket's receive timeout).
+//! also waits for shutdown: it raises the stop flag that the loop checks after every receive,
+//! then wakes the loop with `shutdown(SHUT_RD)` on the socket. Linux wakes a blocked reader
+//! even on an unconnected UDP socket ("hack to wake up other listeners", `inet_shutdown`; the
+//! call itself reports ENOTCONN) and later receives return at once. The receive therefore
+//! needs no timeout: a socket timeout would arm a kernel timer every time the loop blocks.
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,8 +31,6 @@ use crate::server::mmsg::{self, Batch};
 use crate::server::{Dispatcher, Handled};
 use crate::wire::Proto;
 
-/// How long a receive waits before the loop looks at the stop flag.
-const POLL: Duration = Duration::from_millis(100);
 /// Longest a send of answers may block on a full socket buffer before they are dropped.
 const SEND_TIMEOUT: Duration = Duration::from_millis(100);
 /// Starting room of each answer buffer; it grows to the largest answer sent and stays.
@@ -62,14 +63,15 @@ pub fn spawn_worker(
     shutdown: watch::Receiver<bool>,
     name: String,
 ) -> io::Result<JoinHandle<()>> {
-    // The hot loop blocks in recvmmsg; the timeout is how often it checks the stop flag.
+    // The hot loop blocks in recvmmsg until a datagram arrives or the companion wakes it.
     socket.set_nonblocking(false)?;
-    socket.set_read_timeout(Some(POLL))?;
+    socket.set_read_timeout(None)?;
     socket.set_write_timeout(Some(SEND_TIMEOUT))?;
     // Replies to forwarded names go out through a clone of the socket (same port, so the
     // client sees the address it asked). The clone shares the blocking mode, so its sends
     // pass MSG_DONTWAIT instead.
     let replies = Arc::new(Socket::from(socket.try_clone()?));
+    let wake = Socket::from(socket.try_clone()?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -88,7 +90,9 @@ pub fn spawn_worker(
                     }
                 }
             });
-            raise.store(true, Ordering::Relaxed);
+            raise.store(true, Ordering::Release);
+            // Wake the loop out of recvmmsg; the ENOTCONN it reports is expected (see above).
+            let _ = wake.shutdown(std::net::Shutdown::Read);
         })?;
     std::thread::Builder::new().name(name).spawn(move || {
         let worker = Worker {
@@ -121,15 +125,12 @@ impl Worker {
             .collect();
         let mut answered = [0usize; mmsg::BATCH];
         let mut tally = Tally::default();
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Acquire) {
             let n = match batch.recv(&self.socket) {
                 Ok(n) => n,
                 Err(e) => {
-                    // WouldBlock: the POLL timeout with nothing received. Anything else (an
-                    // ICMP error from an earlier send, EINTR) is not the socket's end either.
-                    if e.kind() != io::ErrorKind::WouldBlock {
-                        tracing::debug!(error = %e, "udp receive failed");
-                    }
+                    // An ICMP error from an earlier send or EINTR: not the socket's end.
+                    tracing::debug!(error = %e, "udp receive failed");
                     continue;
                 }
             };
