@@ -121,13 +121,14 @@ fn main() {
             let fixed = phase(&server, &pid, &a, Some(FIXED_QPS), FIXED_RUN);
             let half = phase(&server, &pid, &a, Some(half_rate.max(1000)), FIXED_RUN);
             println!(
-                "round {round}: {name:8} max A {:>7.0} qps (loss {}, p50 {:?}, p99 {:?}, {:.2} µs/q, gen CPU {:.0}%) | SRV {:>7} | 50k: {:.2} µs/q p99 {:?} loss {} | {} qps: p99 {:?} loss {} | load {}",
+                "round {round}: {name:8} max A {:>7.0} qps (loss {}, p50 {:?}, p99 {:?}, {:.2} µs/q, gen CPU {:.0}%, idle polls {:.0}%) | SRV {:>7} | 50k: {:.2} µs/q p99 {:?} loss {} | {} qps: p99 {:?} loss {} | load {}",
                 max_a.load.qps(),
                 max_a.load.lost,
                 max_a.load.p50,
                 max_a.load.p99,
                 max_a.us_per_query(),
                 max_a.load.cpu_share() * 100.0,
+                max_a.load.idle_polls * 100.0,
                 max_srv
                     .as_ref()
                     .map_or("-".into(), |p| format!("{:.0}", p.load.qps())),
@@ -194,7 +195,7 @@ fn median_by(rounds: &[Round], f: impl Fn(&Round) -> Option<f64>) -> Option<f64>
 fn table(results: &[Vec<Round>]) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "| server | max qps A | loss at max | p50 / p99 at max (ms) | server CPU µs/q at max | load gen CPU at max | max qps SRV | server CPU µs/q at 50k | p99 at 50k (ms) | p99 at half signpost's max (ms) | loss at half |"
+        "| server | max qps A | loss at max | p50 / p99 at max (ms) | server CPU µs/q at max | load gen CPU / idle polls at max | max qps SRV | server CPU µs/q at 50k | p99 at 50k (ms) | p99 at half signpost's max (ms) | loss at half |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut med = Vec::new();
@@ -206,6 +207,7 @@ fn table(results: &[Vec<Round>]) {
         let p99 = m(&|r| Some(ms(r.max_a.load.p99)));
         let cpu_max = m(&|r| Some(r.max_a.us_per_query()));
         let gen_cpu = m(&|r| Some(r.max_a.load.cpu_share() * 100.0));
+        let gen_idle = m(&|r| Some(r.max_a.load.idle_polls * 100.0));
         let srv = m(&|r| r.max_srv.as_ref().map(|p| p.load.qps()));
         let cpu_fixed = m(&|r| Some(r.fixed.us_per_query()));
         let p99_fixed = m(&|r| Some(ms(r.fixed.load.p99)));
@@ -213,7 +215,7 @@ fn table(results: &[Vec<Round>]) {
         let loss_half = m(&|r| Some(r.half.load.loss() * 100.0));
         let f = |v: Option<f64>, d: usize| v.map_or("-".into(), |x| format!("{x:.d$}"));
         println!(
-            "| {} | {} | {}% | {} / {} | {} | {}% | {} | {} | {} | {} | {}% |",
+            "| {} | {} | {}% | {} / {} | {} | {}% / {}% | {} | {} | {} | {} | {}% |",
             SERVERS[s],
             f(max_a, 0),
             f(loss, 2),
@@ -221,6 +223,7 @@ fn table(results: &[Vec<Round>]) {
             f(p99, 3),
             f(cpu_max, 2),
             f(gen_cpu, 0),
+            f(gen_idle, 0),
             f(srv, 0),
             f(cpu_fixed, 2),
             f(p99_fixed, 3),

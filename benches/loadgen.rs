@@ -3,8 +3,9 @@
 //!     cargo bench --bench loadgen -- 127.0.0.1:8600 [NAME] [A|SRV|AAAA] [--rate QPS] [--secs S] [--window N]
 //!
 //! One thread, one socket, `sendmmsg`/`recvmmsg`, `--window` queries outstanding (default 256)
-//! at the maximum rate, or an open-loop `--rate`. Prints qps, loss, p50/p99 latency and the
-//! generator's own CPU share (near 100%: the generator, not the server, may be the limit).
+//! at the maximum rate, or an open-loop `--rate`. Prints qps, loss, p50/p99 latency, the
+//! generator's own CPU share (always about a core: it polls) and its idle polls (near 0%: the
+//! generator, not the server, may be the limit).
 //! See `compare.rs` for the full comparison against Unbound, dnsmasq and an echo server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -62,7 +63,7 @@ fn main() {
     };
     let r = generator::run(&spec).expect("socket");
     println!(
-        "{target} {name} type {qtype}: {:.0} qps, sent {}, answered {}, lost {} ({:.3}%), errors {}, p50 {:?}, p99 {:?}, generator CPU {:.0}%",
+        "{target} {name} type {qtype}: {:.0} qps, sent {}, answered {}, lost {} ({:.3}%), errors {}, p50 {:?}, p99 {:?}, generator CPU {:.0}%, idle polls {:.0}%",
         r.qps(),
         r.sent,
         r.answered,
@@ -71,6 +72,7 @@ fn main() {
         r.errors,
         r.p50,
         r.p99,
-        r.cpu_share() * 100.0
+        r.cpu_share() * 100.0,
+        r.idle_polls * 100.0
     );
 }
