@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 use generator::{Report, Spec};
 
 const ROUNDS: usize = 3;
-const MAX_RUN: Duration = Duration::from_secs(3);
-const SRV_RUN: Duration = Duration::from_secs(2);
-const FIXED_RUN: Duration = Duration::from_secs(2);
+const MAX_RUN: Duration = Duration::from_secs(2);
+const SRV_RUN: Duration = Duration::from_millis(1500);
+const FIXED_RUN: Duration = Duration::from_millis(1500);
 const FIXED_QPS: u64 = 50_000;
 /// Queries outstanding at max rate: enough to keep any of these servers busy (signpost and
 /// the echo take up to 32 per receive), and below what dnsmasq's receive buffer holds (it
@@ -242,6 +242,24 @@ fn table(results: &[Vec<Round>]) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".into(),
     };
+    // Per round, each server against signpost of the same round: a round is ~30 s, so a
+    // disturbance (another process on the machine) hits its servers more evenly than the
+    // whole run.
+    let per_round = |other: usize| -> Vec<f64> {
+        results[0]
+            .iter()
+            .zip(&results[other])
+            .map(|(sp, o)| sp.max_a.load.qps() / o.max_a.load.qps().max(1.0))
+            .collect()
+    };
+    for (other, name) in [(1, "unbound"), (2, "dnsmasq"), (3, "echo")] {
+        let ratios: Vec<String> = per_round(other).iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "Per-round max qps A, signpost / {name}: {}",
+            ratios.join(", ")
+        );
+    }
+    println!();
     let (sp, ub, dm, echo) = (med[0], med[1], med[2], med[3]);
     println!("Targets (issue 8), from the medians:");
     println!(
