@@ -44,7 +44,8 @@ fn entry(i: usize, service: &str) -> HealthEntry {
             datacenter: "dc1".into(),
             meta: BTreeMap::from([("consul-network-segment".into(), String::new())]),
             ..Node::default()
-        },
+        }
+        .into(),
         service: Service {
             id: format!("{service}-{i}"),
             service: service.into(),

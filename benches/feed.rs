@@ -138,12 +138,16 @@ async fn run_main(scale: &Scale, quick: bool) {
         let want = scale.per_service - 1;
         let changed = Instant::now();
         fake.set_checks(&[(&node, &id, "critical")]);
+        let fake = Arc::clone(&fake);
         pollers.push(tokio::spawn(async move {
             let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let name = format!("{service}.service.consul.");
             loop {
                 if a_count(&socket, dns, &name).await == want {
-                    return Some(changed.elapsed());
+                    let seen = changed.elapsed();
+                    let (agent, answered) = agent_time(&fake, changed, &service);
+                    let after = answered.map(|at| Instant::now().saturating_duration_since(at));
+                    return Some((seen, agent, after));
                 }
                 if changed.elapsed() > Duration::from_secs(5) {
                     return None;
@@ -153,26 +157,57 @@ async fn run_main(scale: &Scale, quick: bool) {
         }));
     }
     let mut latencies = Vec::new();
+    let mut agent = Vec::new();
+    let mut own = Vec::new();
+    let mut after_answer = Vec::new();
     let mut lost = 0;
     for p in pollers {
         match p.await.unwrap() {
-            Some(d) => latencies.push(d),
+            Some((d, a, after)) => {
+                latencies.push(d);
+                agent.push(a);
+                own.push(d.saturating_sub(a));
+                after_answer.extend(after);
+            }
             None => lost += 1,
         }
     }
-    latencies.sort();
-    let pct = |p: f64| {
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_secs_f64() * 1e3
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i].as_secs_f64() * 1e3
     };
     println!(
         "propagation ({} changes at 10/s, {lost} not seen within 5 s): p50 {:.1} ms, p90 {:.1} ms, \
          p99 {:.1} ms, max {:.1} ms",
         latencies.len(),
-        pct(0.50),
-        pct(0.90),
-        pct(0.99),
-        pct(1.0),
+        pct(&mut latencies, 0.50),
+        pct(&mut latencies, 0.90),
+        pct(&mut latencies, 0.99),
+        pct(&mut latencies, 1.0),
+    );
+    println!(
+        "  of which the fake agent's own answer time (state/any + service read): p50 {:.1} ms, \
+         p99 {:.1} ms, max {:.1} ms",
+        pct(&mut agent, 0.50),
+        pct(&mut agent, 0.99),
+        pct(&mut agent, 1.0),
+    );
+    println!(
+        "  signpost's share (total - agent): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&mut own, 0.50),
+        pct(&mut own, 0.90),
+        pct(&mut own, 0.99),
+        pct(&mut own, 1.0),
+    );
+    println!(
+        "  from the agent's answer (its read of the changed service rendered) to the DNS \
+         answer changing, {} changes: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        after_answer.len(),
+        pct(&mut after_answer, 0.50),
+        pct(&mut after_answer, 0.90),
+        pct(&mut after_answer, 0.99),
+        pct(&mut after_answer, 1.0),
     );
     println!(
         "rss after changes: {} MiB (peak {} MiB)",
@@ -227,6 +262,31 @@ async fn run_memory(scale: &Scale) {
         "max concurrent agent connections: {}",
         fake.max_connections()
     );
+}
+
+/// The fake agent's own time to answer what signpost read for one change made at `changed`:
+/// the first `/v1/health/state/any` answer rendered after the change (from when the write
+/// released it, or it arrived, to its body) plus the first read of the service received
+/// after the change (arrival to body). What remains of the propagation time is signpost's:
+/// noticing, asking, parsing, publishing, rebuilding the answers, and the client's 2 ms poll.
+///
+/// Also returns when the agent rendered that read of the service: the agent's answer that
+/// carries the change, from which "within 100 ms of the agent's answer" is measured.
+fn agent_time(fake: &FakeConsul, changed: Instant, service: &str) -> (Duration, Option<Instant>) {
+    let first_after = |path: &str| {
+        fake.answers(path)
+            .into_iter()
+            .map(|(rx, done)| (rx.into_std(), done.into_std()))
+            .find(|(rx, done)| *done >= changed && *rx + Duration::from_millis(1) >= changed)
+    };
+    let took = |read: Option<(Instant, Instant)>| {
+        read.map_or(Duration::ZERO, |(rx, done)| done - rx.max(changed))
+    };
+    let service_read = first_after(&format!("/v1/health/service/{service}"));
+    (
+        took(first_after("/v1/health/state/any")) + took(service_read),
+        service_read.map(|(_, done)| done),
+    )
 }
 
 /// How fast the fake agent alone serves what signpost reads at start: the three list

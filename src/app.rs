@@ -5,6 +5,12 @@
 //!         │                           └──────► SRV data (/v1/catalog)
 //!         └──────────────────────► emit::spawn ──► emit.srv_file, templates → check → reload
 //! ```
+//!
+//! A reload ([`Running::reload`], SIGHUP) builds the new parts first and swaps them in only
+//! when all of them could be built: the forwarder (`Dispatcher::replace_forwarder`), the local
+//! data (`ArcSwap<Local>`), the DNS knobs (a watch channel the table task rebuilds from) and
+//! the emitter (restarted). Listeners and the Consul feed are not rebuilt: changing `[listen]`
+//! or `[consul]` needs a restart, which the reload logs.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -17,13 +23,14 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, DnsConfig};
 use crate::consul::answer::AnswerTable;
 use crate::consul::{self, Catalog};
 use crate::emit::{self, SrvData};
 use crate::forward::{ForwardError, Forwarder};
 use crate::http::{self, HttpState, Readiness};
 use crate::metrics;
+use crate::ops::query_log::QueryLog;
 use crate::router::Router;
 use crate::server::{Dispatcher, Local, tcp, udp};
 use crate::zones::{self, ZoneError, Zones};
@@ -37,6 +44,8 @@ pub enum AppError {
     Forward(#[from] ForwardError),
     #[error("consul: {0}")]
     Consul(#[from] consul::client::ConsulError),
+    #[error("cannot start the query log: {0}")]
+    QueryLog(#[source] std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -54,6 +63,29 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     udp_threads: Vec<std::thread::JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
+    live: Live,
+}
+
+/// The parts a reload replaces, and what it needs to build them.
+struct Live {
+    /// The configuration in service (its `[listen]` and `[consul]` are the ones started with).
+    config: Config,
+    domains: Vec<String>,
+    dispatcher: Arc<Dispatcher>,
+    local: Arc<ArcSwap<Local>>,
+    dns: watch::Sender<Arc<DnsConfig>>,
+    catalogs: consul::watch::CatalogRx,
+    shutdown: watch::Receiver<bool>,
+    emitter: JoinHandle<()>,
+    zones_reload: JoinHandle<()>,
+    query_log: Arc<QueryLog>,
+}
+
+/// What a successful reload did.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// Changed settings that were not applied because they need a restart.
+    pub needs_restart: Vec<&'static str>,
 }
 
 /// The domains of the Consul zone, lowercase dotted without the final dot, primary first.
@@ -91,11 +123,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         Arc::clone(&local),
         shutdown_rx.clone(),
     );
-    let dispatcher = Arc::new(Dispatcher::new(
-        Arc::clone(&table),
-        local,
-        Arc::new(forwarder.clone()),
-    ));
+    let query_log = QueryLog::start().map_err(AppError::QueryLog)?;
+    query_log.set_enabled(config.log.queries);
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            Arc::clone(&table),
+            Arc::clone(&local),
+            Arc::new(forwarder.clone()),
+        )
+        .with_query_log(Arc::clone(&query_log)),
+    );
     let srv_data = Arc::new(ArcSwap::from_pointee(Bytes::new()));
 
     let mut tasks = Vec::new();
@@ -111,12 +148,13 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         domains[0].clone(),
         catalogs.clone(),
         shutdown_rx.clone(),
-    );
-    tasks.push(emitter.into_handle());
+    )
+    .into_handle();
+    let (dns_tx, dns_rx) = watch::channel(Arc::new(config.dns.clone()));
     tasks.push(tokio::spawn(follow_catalog(
-        catalogs,
-        Arc::clone(&config_arc(&config)),
-        domains,
+        catalogs.clone(),
+        dns_rx,
+        domains.clone(),
         table,
         Arc::clone(&srv_data),
         Arc::clone(&readiness),
@@ -164,12 +202,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             let bound = listener
                 .local_addr()
                 .map_err(|source| AppError::Bind { addr, source })?;
+            let ready = Arc::clone(&readiness);
             let state = Arc::new(HttpState {
                 prometheus: prometheus.clone(),
                 dispatcher: Arc::clone(&dispatcher),
                 readiness: Arc::clone(&readiness),
                 srv_data,
-                before_scrape: Box::new(refresh_catalog_age),
+                before_scrape: Box::new(move || {
+                    refresh_catalog_age();
+                    ::metrics::gauge!(metrics::READY).set(f64::from(u8::from(ready.is_ready())));
+                }),
             });
             let stop = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
@@ -181,11 +223,26 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             Some(bound)
         }
     };
-    tasks.push(tokio::spawn(upkeep(prometheus, shutdown_rx)));
-    tasks.push(reload);
+    tasks.push(tokio::spawn(upkeep(prometheus, shutdown_rx.clone())));
     // Once the listeners are bound: disable any upstream that forwards back to us (issue 6).
     tasks.push(tokio::spawn(forwarder.check_loops()));
     readiness.listeners_bound.store(true, Ordering::Release);
+    // Both reload counters exist from the start, so `rate()` and alerts see them at 0.
+    for result in ["ok", "error"] {
+        ::metrics::counter!(metrics::CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
+    }
+    let live = Live {
+        config,
+        domains,
+        dispatcher,
+        local,
+        dns: dns_tx,
+        catalogs,
+        shutdown: shutdown_rx,
+        emitter,
+        zones_reload: reload,
+        query_log,
+    };
     Ok(Running {
         dns_addrs,
         http_addr,
@@ -193,7 +250,28 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         shutdown,
         udp_threads,
         tasks,
+        live,
     })
+}
+
+/// Count a reload's result and log it once: `ok`, or `error` (the running config stays).
+pub fn record_reload(result: &Result<Reloaded, String>) {
+    match result {
+        Ok(reloaded) => {
+            ::metrics::counter!(metrics::CONFIG_RELOADS_TOTAL, "result" => "ok").increment(1);
+            for key in &reloaded.needs_restart {
+                tracing::warn!(
+                    key,
+                    "changed at reload but only a restart applies it; still using the old value"
+                );
+            }
+            tracing::info!("configuration reloaded");
+        }
+        Err(error) => {
+            ::metrics::counter!(metrics::CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
+            tracing::error!(%error, "configuration not reloaded; still serving the previous one");
+        }
+    }
 }
 
 /// `consul_catalog_age_seconds`, computed at scrape time from the last successful contact with
@@ -205,17 +283,100 @@ fn refresh_catalog_age() {
     ::metrics::gauge!(metrics::CONSUL_CATALOG_AGE_SECONDS).set(age);
 }
 
-fn config_arc(config: &Config) -> Arc<Config> {
-    Arc::new(config.clone())
-}
-
 // === impl Running ===
 
 impl Running {
-    /// Stop accepting, stop every task, and wait for the UDP threads.
+    /// Apply `new` (already validated) in place of the running configuration: upstreams and
+    /// cache, DNS knobs, zones and hosts, SRV data file and templates. Everything is built
+    /// before anything is swapped, so an error (a zone file that does not load, an unreadable
+    /// resolv.conf) leaves the running configuration whole. Queries keep being answered
+    /// throughout: readers load whichever version is current, and a forward already running
+    /// finishes on the forwarder it started with.
+    pub async fn reload(&mut self, mut new: Config) -> Result<Reloaded, AppError> {
+        let live = &mut self.live;
+        let old = &live.config;
+        let mut reloaded = Reloaded::default();
+        // Listeners are bound once (and privileges may be dropped since), and the Consul
+        // feed's connections and domains are wired through every part: both need a restart.
+        if !same(&old.listen, &new.listen) {
+            reloaded.needs_restart.push("listen");
+        }
+        if !same(&old.consul, &new.consul) {
+            reloaded.needs_restart.push("consul");
+        }
+        new.listen = old.listen.clone();
+        new.consul = old.consul.clone();
+
+        // Build everything first.
+        let zones = Zones::load(&new.zones)?;
+        let forward_changed = !same(&old.forward, &new.forward) || !same(&old.cache, &new.cache);
+        let forwarder = if forward_changed {
+            Some(Forwarder::new(&new.forward, &new.cache, &self.dns_addrs)?)
+        } else {
+            None
+        };
+
+        // Then swap.
+        let origins: Vec<String> = zones.zones().iter().map(|z| z.origin.clone()).collect();
+        live.local.store(Arc::new(Local {
+            router: Router::new(&live.domains, &origins),
+            zones,
+        }));
+        live.zones_reload.abort();
+        live.zones_reload = zones::spawn_reload(
+            &new.zones,
+            live.domains.clone(),
+            Arc::clone(&live.local),
+            live.shutdown.clone(),
+        );
+        if let Some(forwarder) = forwarder {
+            live.dispatcher.replace_forwarder(forwarder.clone());
+            tokio::spawn(forwarder.check_loops());
+        }
+        if !same(&old.dns, &new.dns) {
+            let _ = live.dns.send(Arc::new(new.dns.clone()));
+        }
+        if !same(&old.emit, &new.emit) || !same(&old.dns, &new.dns) {
+            live.emitter.abort();
+            live.emitter = emit::spawn(
+                &new.emit,
+                &new.dns,
+                live.domains[0].clone(),
+                live.catalogs.clone(),
+                live.shutdown.clone(),
+            )
+            .into_handle();
+        }
+        live.query_log.set_enabled(new.log.queries);
+        live.config = new;
+        Ok(reloaded)
+    }
+
+    /// The configuration in service.
+    pub fn config(&self) -> &Config {
+        &self.live.config
+    }
+
+    /// Stop accepting, let forwarded queries in flight answer (at most
+    /// [`crate::server::DRAIN_DEADLINE`]), stop every task, and wait for the UDP threads.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
+        // UDP workers drain on their own threads; TCP connections are tasks on this runtime.
+        if !self
+            .live
+            .dispatcher
+            .drain(crate::server::DRAIN_DEADLINE)
+            .await
+        {
+            tracing::warn!(
+                in_flight = self.live.dispatcher.in_flight(),
+                "forwarded queries still in flight at the drain deadline"
+            );
+        }
+        let mut tasks = self.tasks;
+        tasks.push(self.live.emitter);
+        tasks.push(self.live.zones_reload);
+        for task in tasks {
             task.abort();
             let _ = task.await;
         }
@@ -232,41 +393,124 @@ impl Running {
 /// Rebuild the answer table and the SRV data served at `/v1/catalog` for each new catalog
 /// (the emitter writes `emit.srv_file`). Building runs on a
 /// blocking thread: a catalog of thousands of services takes milliseconds to encode, which
-/// must not stall the runtime.
+/// must not stall the runtime. The table is updated incrementally from the previous one; the
+/// SRV document follows in its own task, so that rendering it (tens of ms at thousands of
+/// instances) never holds up the next table. Ready once both reflect a catalog.
 async fn follow_catalog(
     mut catalogs: consul::watch::CatalogRx,
-    config: Arc<Config>,
+    mut dns_configs: watch::Receiver<Arc<DnsConfig>>,
     domains: Vec<String>,
     table: Arc<ArcSwap<AnswerTable>>,
     srv_data: Arc<ArcSwap<Bytes>>,
     readiness: Arc<Readiness>,
 ) {
+    let loaded = Arc::new(Loaded::default());
+    tokio::spawn(follow_srv_data(
+        catalogs.clone(),
+        dns_configs.clone(),
+        domains.first().cloned().unwrap_or_default(),
+        srv_data,
+        Arc::clone(&readiness),
+        Arc::clone(&loaded),
+    ));
     loop {
         let current: Option<Arc<Catalog>> = catalogs.borrow_and_update().clone();
+        let dns = Arc::clone(&dns_configs.borrow_and_update());
         if let Some(catalog) = current {
-            let config = Arc::clone(&config);
             let domains = domains.clone();
+            let table = Arc::clone(&table);
             let built = tokio::task::spawn_blocking(move || {
-                let doc = SrvData::build(&catalog, &config.dns, &domains[0]).to_json();
                 let started = std::time::Instant::now();
-                let answers = AnswerTable::build(catalog, &domains, &config.dns);
-                tracing::debug!(took = ?started.elapsed(), "answer table built");
-                (answers, doc)
+                let answers = AnswerTable::update(&table.load(), catalog, &domains, &dns);
+                table.store(Arc::new(answers));
+                tracing::debug!(took = ?started.elapsed(), "answer table updated");
             })
             .await;
             match built {
-                Ok((answers, doc)) => {
-                    table.store(Arc::new(answers));
-                    srv_data.store(Arc::new(Bytes::from(doc)));
-                    readiness.catalog_loaded.store(true, Ordering::Release);
-                }
+                Ok(()) => loaded.table_done(&readiness),
                 Err(e) => tracing::error!(error = %e, "building the answer table failed"),
             }
         }
-        if catalogs.changed().await.is_err() {
+        // A new catalog or new DNS knobs (reload): rebuild from the current pair.
+        let changed = tokio::select! {
+            c = catalogs.changed() => c.is_ok(),
+            d = dns_configs.changed() => d.is_ok(),
+        };
+        if !changed {
             return;
         }
     }
+}
+
+/// Which of the table and the SRV document reflect a catalog yet.
+#[derive(Default)]
+struct Loaded {
+    table: std::sync::atomic::AtomicBool,
+    doc: std::sync::atomic::AtomicBool,
+}
+
+impl Loaded {
+    fn table_done(&self, readiness: &Readiness) {
+        self.table.store(true, Ordering::SeqCst);
+        if self.doc.load(Ordering::SeqCst) {
+            readiness.catalog_loaded.store(true, Ordering::Release);
+        }
+    }
+
+    fn doc_done(&self, readiness: &Readiness) {
+        self.doc.store(true, Ordering::SeqCst);
+        if self.table.load(Ordering::SeqCst) {
+            readiness.catalog_loaded.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Render the SRV data document for the latest catalog and DNS knobs (watch receivers:
+/// catalogs published during a render coalesce into one).
+async fn follow_srv_data(
+    mut catalogs: consul::watch::CatalogRx,
+    mut dns_configs: watch::Receiver<Arc<DnsConfig>>,
+    domain: String,
+    srv_data: Arc<ArcSwap<Bytes>>,
+    readiness: Arc<Readiness>,
+    loaded: Arc<Loaded>,
+) {
+    loop {
+        let current: Option<Arc<Catalog>> = catalogs.borrow_and_update().clone();
+        let dns = Arc::clone(&dns_configs.borrow_and_update());
+        if let Some(catalog) = current {
+            let domain = domain.clone();
+            let hint = srv_data.load().len();
+            let built = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let doc = SrvData::render_json(&catalog, &dns, &domain, hint);
+                tracing::debug!(took = ?started.elapsed(), bytes = doc.len(), "srv data rendered");
+                doc
+            })
+            .await;
+            match built {
+                Ok(doc) => {
+                    srv_data.store(Arc::new(Bytes::from(doc)));
+                    loaded.doc_done(&readiness);
+                }
+                Err(e) => tracing::error!(error = %e, "rendering the SRV data failed"),
+            }
+        }
+        let changed = tokio::select! {
+            c = catalogs.changed() => c.is_ok(),
+            d = dns_configs.changed() => d.is_ok(),
+        };
+        if !changed {
+            return;
+        }
+    }
+}
+
+/// Whether two config sections are equal. Config types do not derive `PartialEq` (they hold
+/// `Name`s, paths and durations that all print exactly), so compare their `Debug` forms; this
+/// runs once per reload.
+fn same<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+    format!("{a:?}") == format!("{b:?}")
 }
 
 /// The process-wide Prometheus recorder, installed once. A second `start` in the same process

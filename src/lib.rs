@@ -14,7 +14,9 @@
 //! - [`emit`]: the SRV data document (file and `/v1/catalog`) and templates rendered from it,
 //!   checked, swapped in and reloaded.
 //! - [`metrics`]: every metric name; [`http`]: `/metrics`, `/health`, `/ready`, `/v1/catalog`.
-//! - [`config`]: TOML → validated [`config::Config`]; [`app`]: wiring and shutdown.
+//! - [`config`]: TOML → validated [`config::Config`]; [`app`]: wiring, reload and shutdown.
+//! - [`ops`]: running on a node: systemd notifications, dropping privileges, the query log,
+//!   `signpost status`; [`import`]: dnsmasq and Consul DNS configurations to signpost's.
 
 pub mod app;
 pub mod config;
@@ -22,7 +24,9 @@ pub mod consul;
 pub mod emit;
 pub mod forward;
 pub mod http;
+pub mod import;
 pub mod metrics;
+pub mod ops;
 pub mod router;
 pub mod server;
 pub mod wire;

@@ -44,6 +44,12 @@ pub const CONSUL_INSTANCES: &str = "signpost_consul_instances";
 pub const CONSUL_REQUESTS_TOTAL: &str = "signpost_consul_requests_total";
 /// Template and SRV data renders, by `result` (ok, unchanged, render_error, check_failed, timeout, reload_failed, write_error).
 pub const EMIT_RENDERS_TOTAL: &str = "signpost_emit_renders_total";
+/// Configuration reloads (SIGHUP), by `result` (ok, error). An error keeps the running config.
+pub const CONFIG_RELOADS_TOTAL: &str = "signpost_config_reloads_total";
+/// 1 while `/ready` would answer 200 (listeners bound, first catalog loaded), else 0.
+pub const READY: &str = "signpost_ready";
+/// Query-log lines dropped because the log writer was behind (`log.queries`).
+pub const QUERY_LOG_DROPPED_TOTAL: &str = "signpost_query_log_dropped_total";
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -31,3 +31,5 @@ mod haproxy_srv;
 mod http;
 /// Local data: zones and the hosts file, reloaded on change.
 mod local_data;
+/// Running on a node: reload and shutdown, systemd, privileges, alerts, status, imports, netns.
+mod ops;

@@ -39,6 +39,16 @@ pub struct Config {
     pub cache: CacheConfig,
     pub zones: ZonesConfig,
     pub emit: EmitConfig,
+    pub log: LogConfig,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Default)]
+pub struct LogConfig {
+    /// Log every query (`--log-queries` also turns it on). Lines go through a bounded queue
+    /// to a writer thread; when it is full they are dropped and counted
+    /// (`signpost_query_log_dropped_total`), so logging never slows an answer.
+    pub queries: bool,
 }
 
 /// `[listen]`

@@ -38,6 +38,18 @@ pub(super) struct RawConfig {
     /// `[emit]`: SRV data file and rendered templates.
     #[serde(default)]
     pub(super) emit: RawEmit,
+    /// `[log]`: the query log.
+    #[serde(default)]
+    pub(super) log: RawLog,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    /// Log every query (like dnsmasq `--log-queries`), off the request path.
+    #[serde(default)]
+    pub(super) queries: bool,
 }
 
 /// `[listen]`

@@ -1305,3 +1305,12 @@ fn template_dir_mode() {
     assert_eq!(err.key, "emit.template[0].template_dir", "{err}");
     assert!(err.message.contains("not a directory"), "{err}");
 }
+
+/// `[log] queries` is off by default, turned on by the file, and the table rejects unknown keys.
+#[test]
+fn log_queries_key() {
+    assert!(!parse("").unwrap().log.queries);
+    assert!(parse("[log]\nqueries = true\n").unwrap().log.queries);
+    let err = parse("[log]\nquery = true\n").unwrap_err();
+    assert!(err.to_string().contains("query"), "{err}");
+}

@@ -18,8 +18,8 @@ use super::raw::{
 };
 use super::{
     CacheConfig, Config, ConfigError, ConsulConfig, ConsulSource, DnsConfig, EmitConfig,
-    ForwardConfig, ForwardDomain, ListenConfig, Overrides, ServiceTtl, SoaConfig, Strategy,
-    TemplateConfig, TemplateMode, Upstream, ZonesConfig,
+    ForwardConfig, ForwardDomain, ListenConfig, LogConfig, Overrides, ServiceTtl, SoaConfig,
+    Strategy, TemplateConfig, TemplateMode, Upstream, ZonesConfig,
 };
 
 /// What `resolv.conf` in an upstream list stands for.
@@ -268,6 +268,9 @@ pub(super) fn validate(
         cache,
         zones,
         emit,
+        log: LogConfig {
+            queries: raw.log.queries,
+        },
     };
     check_forward_domains(&config, src)?;
     check_loops(&config, src)?;

@@ -315,7 +315,9 @@ mod tests {
             checks: vec![],
         };
         e.service.tags = vec!["Primary".into()];
-        e.node.meta.insert("az".into(), "a".into());
+        std::sync::Arc::make_mut(&mut e.node)
+            .meta
+            .insert("az".into(), "a".into());
         let mut q = render(&def("", "q", "db"), "q", "", &[]);
         q.tags = vec!["primary".into()];
         assert!(selects(&e, &q, &[]));

@@ -32,19 +32,24 @@
 //! [`last_contact`] (a process-wide static, see [`super::client`]) is the time of the last
 //! successful answer from the agent; the HTTP layer derives `consul_catalog_age_seconds` from it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::fast::{FixedState, RandomState};
 use rand::Rng;
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::catalog::{self, Catalog, Check, Health, HealthEntry, Node, PreparedQuery};
+#[cfg(test)]
+use super::catalog::Check;
+use super::catalog::{self, Catalog, Health, HealthEntry, Node, PreparedQuery};
 use super::client::{Blocking, Client, ConsulError, Meta, TlsFiles, encode_segment};
 use crate::config::{ConsulConfig, ConsulSource};
 use crate::metrics::{CONSUL_INSTANCES, CONSUL_SERVICES, CONSUL_WATCH_ERRORS_TOTAL};
@@ -79,7 +84,7 @@ const PROBE_WAIT: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 enum Event {
     Services(BTreeMap<String, Vec<String>>, u64),
-    Checks(Vec<Check>, u64),
+    Checks(CheckPrints, u64),
     Nodes(Vec<Node>, u64),
 }
 
@@ -104,6 +109,9 @@ enum Fetch {
     Probe,
 }
 
+/// What a read of `/v1/query` gives.
+type QueryRead = Result<(Vec<PreparedQuery>, Meta), ConsulError>;
+
 /// Settings of one agent watch.
 #[derive(Clone, Debug)]
 struct Settings {
@@ -119,15 +127,19 @@ struct Settings {
 struct Fetched {
     index: u64,
     entries: Arc<[HealthEntry]>,
+    /// Some entry's node was not in `/v1/catalog/nodes` when fetched: the catalog adds it.
+    foreign_nodes: bool,
 }
 
-/// Check states, for telling which services a `/v1/health/state/any` change touches.
+/// Check states, for telling which services a `/v1/health/state/any` change touches: one
+/// 64-bit fingerprint per service (of its service checks' node, check ID, service ID and
+/// status) and per node (of its node checks). Parsed straight from the response body (see the
+/// `Deserialize` impl) without keeping the checks, so that a change costs a hash pass over
+/// the body, not a copy of every check.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct CheckPrints {
-    /// Service name → (node, check ID, service ID, status) of its service checks.
-    services: BTreeMap<String, Vec<(String, String, String, String)>>,
-    /// Node → (check ID, status) of its node checks.
-    nodes: BTreeMap<String, Vec<(String, String)>>,
+pub(super) struct CheckPrints {
+    services: HashMap<String, u64, RandomState>,
+    nodes: HashMap<String, u64, RandomState>,
 }
 
 /// The builder: everything known so far, and what still has to be fetched.
@@ -139,12 +151,14 @@ struct Feed {
     node_name: String,
     services: Option<(BTreeMap<String, Vec<String>>, u64)>,
     checks: Option<(CheckPrints, u64)>,
-    nodes: Option<(BTreeMap<String, Node>, u64)>,
+    nodes: Option<(BTreeMap<String, Arc<Node>>, u64)>,
     fetched: BTreeMap<String, Fetched>,
     dirty: BTreeMap<String, Fetch>,
     queries: Option<Arc<[PreparedQuery]>>,
     queries_index: u64,
     queries_forbidden_logged: bool,
+    /// A catalog change came while a query read was running: read again after it.
+    reread_again: bool,
     streak: Streak,
     backoff: Backoff,
 }
@@ -277,7 +291,7 @@ async fn run(client: Client, settings: Settings, tx: CatalogTx) {
 
 /// One blocking query held in a loop, following the index rules; sends every change to the
 /// builder. Returns when the builder is gone.
-async fn blocking_loop<T: DeserializeOwned + Send>(
+async fn blocking_loop<T: DeserializeOwned + Send + 'static>(
     client: Client,
     path: &'static str,
     wait: Duration,
@@ -289,7 +303,7 @@ async fn blocking_loop<T: DeserializeOwned + Send>(
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        match client.get_json::<T>(path, Blocking { index, wait }).await {
+        match get_parsed::<T>(&client, path, Blocking { index, wait }).await {
             Ok((body, meta)) => {
                 streak.ok();
                 backoff.reset();
@@ -320,6 +334,28 @@ async fn blocking_loop<T: DeserializeOwned + Send>(
             return;
         }
     }
+}
+
+/// Like [`Client::get_json`], parsing the body on the blocking pool: `/v1/health/state/any`
+/// is megabytes at thousands of services, and parsing it on the runtime held up service
+/// fetches and the publish behind it.
+async fn get_parsed<T: DeserializeOwned + Send + 'static>(
+    client: &Client,
+    path: &'static str,
+    query: Blocking,
+) -> Result<(T, Meta), ConsulError> {
+    let (bytes, meta) = client.get_bytes(path, query).await?;
+    let parsed = tokio::task::spawn_blocking(move || serde_json::from_slice::<T>(&bytes))
+        .await
+        .map_err(|e| ConsulError::Decode {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
+    let value = parsed.map_err(|e| ConsulError::Decode {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok((value, meta))
 }
 
 /// The index rules of `reference/consul-dns.md` §7.4, returning what the answer means and the
@@ -364,6 +400,7 @@ impl Feed {
             queries: None,
             queries_index: 0,
             queries_forbidden_logged: false,
+            reread_again: false,
             streak: Streak::new("/v1/health/service"),
             backoff: Backoff::default(),
         }
@@ -405,6 +442,9 @@ impl Feed {
         let mut query_tick = tokio::time::interval(self.settings.query_poll_interval);
         query_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry_at: Option<Instant> = None;
+        // Prepared query reads after a change or a tick run beside the loop (at most one at a
+        // time), so that a change arriving meanwhile is not held up behind them.
+        let mut rereads: JoinSet<QueryRead> = JoinSet::new();
         loop {
             let retry = retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -412,10 +452,16 @@ impl Feed {
                     Some(ev) => self.apply(ev),
                     None => return,
                 },
-                _ = query_tick.tick(), if self.queries.is_some() => {
-                    if let Err(e) = self.poll_queries().await {
+                _ = query_tick.tick(), if self.queries.is_some() => self.reread_queries(&mut rereads),
+                Some(joined) = rereads.join_next(), if !rereads.is_empty() => {
+                    if let Ok(read) = joined
+                        && let Err(e) = self.take_queries(read)
+                    {
                         record_error(&e);
                         tracing::debug!(error = %e, "prepared query poll failed");
+                    }
+                    if std::mem::take(&mut self.reread_again) {
+                        self.reread_queries(&mut rereads);
                     }
                 }
                 _ = tokio::time::sleep_until(retry), if retry_at.is_some() => retry_at = None,
@@ -427,7 +473,7 @@ impl Feed {
                 return;
             }
             if retry_at.is_none()
-                && let Err(e) = self.step().await
+                && let Err(e) = self.step(&mut rereads).await
             {
                 self.streak.fail(&e);
                 retry_at = Some(Instant::now() + self.backoff.next_delay(&e));
@@ -436,7 +482,7 @@ impl Feed {
     }
 
     /// Fetch what is dirty, load queries if never loaded, publish if complete.
-    async fn step(&mut self) -> Result<(), ConsulError> {
+    async fn step(&mut self, rereads: &mut JoinSet<QueryRead>) -> Result<(), ConsulError> {
         if !self.loops_answered() {
             return Ok(());
         }
@@ -453,14 +499,25 @@ impl Feed {
         self.backoff.reset();
         if self.publish() {
             // Prepared queries cannot be watched: re-read them after every catalog change.
-            match self.poll_queries().await {
-                Ok(()) => {
-                    self.publish();
-                }
-                Err(e) => record_error(&e),
-            }
+            // The read runs beside the loop; its result is published by the next step.
+            self.reread_queries(rereads);
         }
         Ok(())
+    }
+
+    /// Start a read of the prepared queries unless one is running; then ask for another once
+    /// it is done, so that the last change is always followed by a read.
+    fn reread_queries(&mut self, rereads: &mut JoinSet<QueryRead>) {
+        if !rereads.is_empty() {
+            self.reread_again = true;
+            return;
+        }
+        let client = self.client.clone();
+        rereads.spawn(async move {
+            client
+                .get_json::<Vec<PreparedQuery>>("/v1/query", Blocking::default())
+                .await
+        });
     }
 
     /// Services are fetched only once the three loops answered, so that any later check or
@@ -483,7 +540,7 @@ impl Feed {
     fn apply_event(&mut self, ev: Event) {
         match ev {
             Event::Services(services, index) => self.apply_services(services, index),
-            Event::Checks(checks, index) => self.apply_checks(&checks, index),
+            Event::Checks(prints, index) => self.apply_checks(prints, index),
             Event::Nodes(nodes, index) => self.apply_nodes(nodes, index),
         }
     }
@@ -513,8 +570,7 @@ impl Feed {
         self.services = Some((services, index));
     }
 
-    fn apply_checks(&mut self, checks: &[Check], index: u64) {
-        let prints = CheckPrints::new(checks);
+    fn apply_checks(&mut self, prints: CheckPrints, index: u64) {
         if let Some((old, _)) = &self.checks {
             let mut touched: BTreeSet<String> = BTreeSet::new();
             for name in old.services.keys().chain(prints.services.keys()) {
@@ -536,8 +592,19 @@ impl Feed {
     }
 
     fn apply_nodes(&mut self, nodes: Vec<Node>, index: u64) {
-        let nodes: BTreeMap<String, Node> =
-            nodes.into_iter().map(|n| (n.node.clone(), n)).collect();
+        // Unchanged nodes keep their `Arc`, which the stored entries share.
+        let old = self.nodes.as_ref().map(|(o, _)| o);
+        let nodes: BTreeMap<String, Arc<Node>> = nodes
+            .into_iter()
+            .map(|n| {
+                let shared = old
+                    .and_then(|o| o.get(&n.node))
+                    .filter(|o| ***o == n)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(n));
+                (shared.node.clone(), shared)
+            })
+            .collect();
         if let Some((old, _)) = &self.nodes {
             let changed: BTreeSet<&str> = old
                 .keys()
@@ -636,9 +703,31 @@ impl Feed {
             return;
         }
         catalog::sort_entries(&mut entries);
+        // One node record per node: the catalog's, when the entry's copy is the same.
+        let mut foreign_nodes = false;
+        if let Some((nodes, _)) = &self.nodes {
+            for e in &mut entries {
+                match nodes.get(&e.node.node) {
+                    Some(shared) if **shared == *e.node => e.node = Arc::clone(shared),
+                    Some(_) => {}
+                    None => foreign_nodes = true,
+                }
+            }
+        }
+        let index = meta.index.max(1);
+        if let Some(old) = self.fetched.get_mut(&name)
+            && *old.entries == *entries
+        {
+            // Same content: keep the `Arc`, so the catalog and the answer table see the
+            // service as unchanged and reuse what they built from it.
+            old.index = index;
+            old.foreign_nodes = foreign_nodes;
+            return;
+        }
         let fetched = Fetched {
-            index: meta.index.max(1),
+            index,
             entries: entries.into(),
+            foreign_nodes,
         };
         self.fetched.insert(name, fetched);
     }
@@ -646,11 +735,16 @@ impl Feed {
     /// Read prepared query definitions. A 403 (the token lacks `query:read`) is logged once and
     /// means "no queries", so that it does not hold readiness back.
     async fn poll_queries(&mut self) -> Result<(), ConsulError> {
-        match self
+        let read = self
             .client
             .get_json::<Vec<PreparedQuery>>("/v1/query", Blocking::default())
-            .await
-        {
+            .await;
+        self.take_queries(read)
+    }
+
+    /// Keep what a read of `/v1/query` gave (see [`Feed::poll_queries`]).
+    fn take_queries(&mut self, read: QueryRead) -> Result<(), ConsulError> {
+        match read {
             Ok((queries, meta)) => {
                 self.queries = Some(queries.into());
                 self.queries_index = meta.index;
@@ -710,21 +804,28 @@ impl Feed {
             .max(*nodes_index)
             .max(self.queries_index);
         let mut map = BTreeMap::new();
+        let mut nodes = nodes.clone();
         for name in services.keys() {
             let fetched = self.fetched.get(name)?;
             index = index.max(fetched.index);
             map.insert(name.clone(), fetched.entries.clone());
+            if fetched.foreign_nodes {
+                // A node the node list did not have yet (registered since): keep it known.
+                for e in fetched.entries.iter() {
+                    if !nodes.contains_key(&e.node.node) {
+                        nodes.insert(e.node.node.clone(), Arc::clone(&e.node));
+                    }
+                }
+            }
         }
-        let mut catalog = Catalog {
+        Some(Catalog {
             datacenter: self.datacenter.clone(),
             node_name: self.node_name.clone(),
             index,
             services: map,
-            nodes: nodes.clone(),
+            nodes,
             queries,
-        };
-        catalog.index_nodes_from_services();
-        Some(catalog)
+        })
     }
 }
 
@@ -762,31 +863,122 @@ fn record_error(e: &ConsulError) {
 // === impl CheckPrints ===
 
 impl CheckPrints {
+    /// Fingerprints of `checks` (tests; the feed parses them straight from the body).
+    #[cfg(test)]
     fn new(checks: &[Check]) -> CheckPrints {
         let mut prints = CheckPrints::default();
         for c in checks {
-            if c.service_id.is_empty() {
-                prints
-                    .nodes
-                    .entry(c.node.clone())
-                    .or_default()
-                    .push((c.check_id.clone(), c.status.clone()));
-            } else {
-                prints
-                    .services
-                    .entry(c.service_name.clone())
-                    .or_default()
-                    .push((
-                        c.node.clone(),
-                        c.check_id.clone(),
-                        c.service_id.clone(),
-                        c.status.clone(),
-                    ));
+            prints.add(
+                &c.node,
+                &c.check_id,
+                &c.status,
+                &c.service_id,
+                &c.service_name,
+            );
+        }
+        prints
+    }
+
+    /// Fold one check into its service's or its node's fingerprint. The fold is a sum of
+    /// per-check hashes, so the order of checks in the body does not matter.
+    fn add(&mut self, node: &str, check_id: &str, status: &str, service_id: &str, service: &str) {
+        let hasher = FixedState::with_seed(0x5161_6e70_6f73_7400);
+        if service_id.is_empty() {
+            let h = hasher.hash_one((check_id, status));
+            bump(&mut self.nodes, node, h);
+        } else {
+            let h = hasher.hash_one((node, check_id, service_id, status));
+            bump(&mut self.services, service, h);
+        }
+    }
+}
+
+/// Add `h` to the fingerprint of `key`, allocating the key only the first time it is seen.
+fn bump(map: &mut HashMap<String, u64, RandomState>, key: &str, h: u64) {
+    match map.get_mut(key) {
+        Some(v) => *v = v.wrapping_add(h),
+        None => {
+            map.insert(key.to_string(), h);
+        }
+    }
+}
+
+/// A string field borrowed from the body when it has no escapes; `null` reads as "".
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or null")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed("")))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed("")))
             }
         }
-        prints.services.values_mut().for_each(|v| v.sort());
-        prints.nodes.values_mut().for_each(|v| v.sort());
-        prints
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl Default for Text<'_> {
+    fn default() -> Self {
+        Text(Cow::Borrowed(""))
+    }
+}
+
+/// One element of `/v1/health/state/any`: only what the fingerprints need, borrowed.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CheckRef<'a> {
+    #[serde(borrow, default)]
+    node: Text<'a>,
+    #[serde(rename = "CheckID", borrow, default)]
+    check_id: Text<'a>,
+    #[serde(borrow, default)]
+    status: Text<'a>,
+    #[serde(rename = "ServiceID", borrow, default)]
+    service_id: Text<'a>,
+    #[serde(borrow, default)]
+    service_name: Text<'a>,
+}
+
+impl<'de> Deserialize<'de> for CheckPrints {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CheckPrints;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of checks")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CheckPrints, A::Error> {
+                let mut prints = CheckPrints::default();
+                while let Some(c) = seq.next_element::<CheckRef<'de>>()? {
+                    prints.add(
+                        &c.node.0,
+                        &c.check_id.0,
+                        &c.status.0,
+                        &c.service_id.0,
+                        &c.service_name.0,
+                    );
+                }
+                Ok(prints)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<CheckPrints, E> {
+                Ok(CheckPrints::default())
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 

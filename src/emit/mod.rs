@@ -28,7 +28,7 @@ pub use task::{Emitter, spawn};
 
 use crate::config::{DnsConfig, EmitConfig};
 use crate::consul::answer::{srv_target, srv_weight};
-use crate::consul::catalog::{Catalog, Health};
+use crate::consul::catalog::{Catalog, Health, HealthEntry};
 
 /// The SRV data document (DESIGN.md, "SRV data").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -67,26 +67,7 @@ impl SrvData {
             .map(|(name, entries)| {
                 let instances = entries
                     .iter()
-                    .filter_map(|e| {
-                        let status = match e.health() {
-                            Health::Passing => "passing",
-                            Health::Warning if !dns.only_passing => "warning",
-                            _ => return None,
-                        };
-                        let standby = e.has_any_tag(&dns.filter_tags);
-                        Some(SrvInstance {
-                            id: e.service.id.clone(),
-                            node: e.node.node.clone(),
-                            address: e.address().to_owned(),
-                            port: e.service.port,
-                            tags: e.service.tags.clone(),
-                            meta: e.service.meta.clone(),
-                            status,
-                            weight: srv_weight(e),
-                            role: if standby { "standby" } else { "active" },
-                            target: srv_target(e, domain, &catalog.datacenter),
-                        })
-                    })
+                    .filter_map(|e| SrvInstance::of(e, dns, domain, &catalog.datacenter))
                     .collect();
                 (name.clone(), instances)
             })
@@ -98,11 +79,104 @@ impl SrvData {
         }
     }
 
+    /// `SrvData::build(..).to_json()`, byte for byte, serialized straight from the catalog:
+    /// no document is built in memory (at 50,000 instances it was tens of MiB next to the
+    /// output on every catalog), and the output starts with `size_hint` bytes of capacity
+    /// (the previous document's length) so that it is not regrown.
+    pub fn render_json(
+        catalog: &Catalog,
+        dns: &DnsConfig,
+        domain: &str,
+        size_hint: usize,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(size_hint.saturating_add(4096));
+        let view = DocView {
+            catalog,
+            dns,
+            domain,
+        };
+        if serde_json::to_writer_pretty(&mut out, &view).is_err() {
+            out.clear();
+        }
+        out.push(b'\n');
+        out.shrink_to_fit();
+        out
+    }
+
     /// Pretty, sorted JSON with a final newline.
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = serde_json::to_vec_pretty(self).unwrap_or_default();
         out.push(b'\n');
         out
+    }
+}
+
+// === impl SrvInstance ===
+
+impl SrvInstance {
+    /// The instance as the document lists it, or `None` when DNS would not answer it for its
+    /// health (critical; warning with `only_passing`).
+    fn of(e: &HealthEntry, dns: &DnsConfig, domain: &str, datacenter: &str) -> Option<SrvInstance> {
+        let status = match e.health() {
+            Health::Passing => "passing",
+            Health::Warning if !dns.only_passing => "warning",
+            _ => return None,
+        };
+        let standby = e.has_any_tag(&dns.filter_tags);
+        Some(SrvInstance {
+            id: e.service.id.clone(),
+            node: e.node.node.clone(),
+            address: e.address().to_owned(),
+            port: e.service.port,
+            tags: e.service.tags.clone(),
+            meta: e.service.meta.clone(),
+            status,
+            weight: srv_weight(e),
+            role: if standby { "standby" } else { "active" },
+            target: srv_target(e, domain, datacenter),
+        })
+    }
+}
+
+/// The document as [`SrvData`] serializes, borrowed from the catalog (same field order).
+struct DocView<'a> {
+    catalog: &'a Catalog,
+    dns: &'a DnsConfig,
+    domain: &'a str,
+}
+
+impl Serialize for DocView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeStruct};
+
+        struct Instances<'a>(&'a DocView<'a>, &'a [HealthEntry]);
+        impl Serialize for Instances<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let Instances(doc, entries) = self;
+                let dc = &doc.catalog.datacenter;
+                s.collect_seq(
+                    entries
+                        .iter()
+                        .filter_map(|e| SrvInstance::of(e, doc.dns, doc.domain, dc)),
+                )
+            }
+        }
+        struct Services<'a>(&'a DocView<'a>);
+        impl Serialize for Services<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let services = &self.0.catalog.services;
+                let mut map = s.serialize_map(Some(services.len()))?;
+                for (name, entries) in services {
+                    map.serialize_entry(name, &Instances(self.0, entries))?;
+                }
+                map.end()
+            }
+        }
+        let mut st = s.serialize_struct("SrvData", 3)?;
+        st.serialize_field("datacenter", &self.catalog.datacenter)?;
+        st.serialize_field("index", &self.catalog.index)?;
+        st.serialize_field("services", &Services(self))?;
+        st.end()
     }
 }
 
@@ -203,6 +277,11 @@ mod tests {
             entry("n1", "10.0.0.1", "api", "10.0.0.9", 80),
         ]);
         let doc = SrvData::build(&c, &dns_config(), "consul");
+        assert_eq!(
+            SrvData::render_json(&c, &dns_config(), "consul", 0),
+            doc.to_json(),
+            "the streamed document is the built one"
+        );
         assert_eq!(doc.services.keys().collect::<Vec<_>>(), ["api", "db"]);
         let db = &doc.services["db"];
         assert_eq!(db.len(), 2);

@@ -11,7 +11,8 @@ pub mod tcp;
 pub mod udp;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::Message;
@@ -19,6 +20,7 @@ use hickory_proto::op::Message;
 use crate::consul::answer::{AnswerTable, Outcome};
 use crate::forward::Forwarder;
 use crate::metrics::{DnsMetrics, Zone};
+use crate::ops::query_log::QueryLog;
 use crate::router::{Route, Router};
 use crate::wire::{self, ParseError, Proto, Query, rcode};
 use crate::zones::Zones;
@@ -51,8 +53,29 @@ pub struct Local {
 pub struct Dispatcher {
     table: Arc<ArcSwap<AnswerTable>>,
     local: Arc<ArcSwap<Local>>,
-    forwarder: Arc<Forwarder>,
+    /// Swapped whole at a config reload (`app::Running::reload`); a forward already running
+    /// keeps the forwarder it started with, so a reload drops no query.
+    forwarder: ArcSwap<Forwarder>,
+    /// Forwarded queries not yet answered, for the drain at shutdown.
+    in_flight: AtomicUsize,
+    drained: tokio::sync::Notify,
     metrics: DnsMetrics,
+    /// The opt-in query log (issue 9); checked with one relaxed load per answer.
+    query_log: Option<Arc<QueryLog>>,
+}
+
+/// How long a listener waits at shutdown for its forwarded queries to be answered.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Counts one forwarded query in flight; wakes the drain when the last one ends.
+struct InFlight<'a>(&'a Dispatcher);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
 }
 
 // === impl Dispatcher ===
@@ -66,8 +89,65 @@ impl Dispatcher {
         Dispatcher {
             table,
             local,
-            forwarder,
+            forwarder: ArcSwap::new(forwarder),
+            in_flight: AtomicUsize::new(0),
+            drained: tokio::sync::Notify::new(),
             metrics: DnsMetrics::new(),
+            query_log: None,
+        }
+    }
+
+    /// Log answered queries to `log` while it is enabled.
+    pub fn with_query_log(mut self, log: Arc<QueryLog>) -> Dispatcher {
+        self.query_log = Some(log);
+        self
+    }
+
+    /// Queue a query-log line if the log is on.
+    #[inline]
+    fn log_query(
+        &self,
+        name: &[u8],
+        qtype: u16,
+        proto: Proto,
+        zone: Zone,
+        rcode: u8,
+        start: Instant,
+    ) {
+        if let Some(log) = &self.query_log
+            && log.enabled()
+        {
+            log.record(name, qtype, proto, zone, rcode, start.elapsed());
+        }
+    }
+
+    /// Serve forwarded names from `forwarder` from now on (config reload).
+    pub fn replace_forwarder(&self, forwarder: Forwarder) {
+        self.forwarder.store(Arc::new(forwarder));
+    }
+
+    /// The forwarder in service now.
+    pub fn forwarder(&self) -> Arc<Forwarder> {
+        self.forwarder.load_full()
+    }
+
+    /// Forwarded queries not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Wait until no forwarded query is in flight, or `deadline` passes; `true` if drained.
+    /// Listeners call it after they stop reading, so the replies still go out (SIGTERM drain).
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.drained.notified();
+            if self.in_flight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.in_flight() == 0;
+            }
         }
     }
 
@@ -99,6 +179,12 @@ impl Dispatcher {
         proto: Proto,
         out: &mut Vec<u8>,
     ) -> (Handled, Option<Served>) {
+        // The query log (ops) wants a duration: read the clock only while it is on.
+        let log_start = self
+            .query_log
+            .as_ref()
+            .is_some_and(|l| l.enabled())
+            .then(Instant::now);
         let query = match Query::parse(packet) {
             Ok(q) => q,
             Err(ParseError::Drop) => return (Handled::Drop, None),
@@ -138,16 +224,17 @@ impl Dispatcher {
             },
             Route::Forward => self.answer_before_forwarding(&local, name, &query, proto, out),
         };
-        match answered {
-            Some((zone, outcome)) => (
-                Handled::Answered,
-                Some(Served {
-                    zone,
-                    rcode: outcome.rcode,
-                }),
-            ),
-            None => (Handled::Forward, None),
+        let Some((zone, outcome)) = answered else {
+            return (Handled::Forward, None);
+        };
+        if let Some(start) = log_start {
+            self.log_query(name, query.qtype, proto, zone, outcome.rcode, start);
         }
+        let served = Served {
+            zone,
+            rcode: outcome.rcode,
+        };
+        (Handled::Answered, Some(served))
     }
 
     /// Names for the forwarder, answered here when possible: the hosts file first (local data
@@ -166,11 +253,12 @@ impl Dispatcher {
         if let Some(outcome) = local.zones.answer_hosts(name, query, out) {
             return Some((Zone::Static, outcome));
         }
-        if self.forwarder.answer_cached(query, proto, out) {
+        let forwarder = self.forwarder.load();
+        if forwarder.answer_cached(query, proto, out) {
             let code = out.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0F);
             return Some((Zone::Forward, Outcome { rcode: code }));
         }
-        if self.forwarder.is_loop_probe(name) {
+        if forwarder.is_loop_probe(name) {
             wire::error_response(out, query, rcode::REFUSED);
             return Some((
                 Zone::Forward,
@@ -185,10 +273,21 @@ impl Dispatcher {
     /// Forward `packet` (already checked by [`Dispatcher::answer_local`]) and return the reply.
     pub async fn forward(&self, packet: &[u8], proto: Proto) -> Vec<u8> {
         let start = Instant::now();
-        let reply = self.forwarder.resolve(packet, proto).await;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _counted = InFlight(self);
+        let forwarder = self.forwarder.load_full();
+        let reply = forwarder.resolve(packet, proto).await;
         let code = reply.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0F);
         self.metrics
             .record(proto, Zone::Forward, code, start.elapsed());
+        if self.query_log.as_ref().is_some_and(|l| l.enabled())
+            && let Ok(query) = Query::parse(packet)
+        {
+            let mut buf = [0u8; 256];
+            if let Some(name) = wire::dotted_lower(query.qname, &mut buf) {
+                self.log_query(name, query.qtype, proto, Zone::Forward, code, start);
+            }
+        }
         reply
     }
 

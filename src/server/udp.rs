@@ -78,6 +78,7 @@ pub fn spawn_worker(
     let forwarding = runtime.handle().clone();
     let stop = Arc::new(AtomicBool::new(false));
     let raise = Arc::clone(&stop);
+    let draining = Arc::clone(&dispatcher);
     let companion = std::thread::Builder::new()
         .name(format!("{name}-fwd"))
         .spawn(move || {
@@ -89,10 +90,14 @@ pub fn spawn_worker(
                         break;
                     }
                 }
+                raise.store(true, Ordering::Release);
+                // Wake the loop out of recvmmsg; the ENOTCONN it reports is expected (see
+                // above). Only reading stops: forwarded replies still go out.
+                let _ = wake.shutdown(std::net::Shutdown::Read);
+                // ops (issue 9): let forwarded queries already in flight answer before this
+                // runtime (and its tasks) is dropped: SIGTERM drains.
+                draining.drain(crate::server::DRAIN_DEADLINE).await;
             });
-            raise.store(true, Ordering::Release);
-            // Wake the loop out of recvmmsg; the ENOTCONN it reports is expected (see above).
-            let _ = wake.shutdown(std::net::Shutdown::Read);
         })?;
     std::thread::Builder::new().name(name).spawn(move || {
         let worker = Worker {

@@ -10,7 +10,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -85,6 +85,9 @@ struct Shared {
     tokens: Mutex<BTreeSet<String>>,
     /// When set, requests without this token get `403 ACL not found`.
     required_token: Mutex<Option<String>>,
+    /// Per path of answered reads: (when received, when its body was rendered) of the last
+    /// few answers, so that a benchmark can tell the agent's own time from its client's.
+    answered: Mutex<HashMap<String, VecDeque<(Instant, Instant)>>>,
 }
 
 #[derive(Default)]
@@ -122,6 +125,7 @@ struct Instance {
     index: u64,
 }
 
+#[derive(Clone)]
 struct CheckRec {
     service_id: String,
     service_name: String,
@@ -169,6 +173,7 @@ impl FakeConsul {
             }),
             changed,
             requests: Mutex::new(BTreeMap::new()),
+            answered: Mutex::new(HashMap::new()),
             conns_now: AtomicUsize::new(0),
             conns_max: AtomicUsize::new(0),
             conn_limit: AtomicUsize::new(0),
@@ -511,6 +516,18 @@ impl FakeConsul {
     }
 
     /// Requests served per endpoint, all endpoints.
+    /// (received, body rendered) of the last answers (up to 64) to reads of `path`, oldest
+    /// first. A blocking read that waited counts from the write that released it.
+    pub fn answers(&self, path: &str) -> Vec<(Instant, Instant)> {
+        self.shared
+            .answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     pub fn all_requests(&self) -> BTreeMap<&'static str, u64> {
         self.shared
             .requests
@@ -690,7 +707,7 @@ impl Catalog {
         })
     }
 
-    fn check_json(&self, node: &str, check_id: &str, c: &CheckRec) -> Value {
+    fn check_json(node: &str, check_id: &str, c: &CheckRec) -> Value {
         json!({
             "Node": node, "CheckID": check_id, "Name": check_id, "Status": c.status,
             "Notes": "", "Output": "", "ServiceID": c.service_id, "ServiceName": c.service_name,
@@ -707,7 +724,7 @@ impl Catalog {
             let checks: Vec<Value> = self
                 .checks_on(node)
                 .filter(|(_, c)| c.service_id.is_empty() || c.service_id == *id)
-                .map(|(cid, c)| self.check_json(node, cid, c))
+                .map(|(cid, c)| Catalog::check_json(node, cid, c))
                 .collect();
             if passing && checks.iter().any(|c| c["Status"] != "passing") {
                 continue;
@@ -774,7 +791,7 @@ impl Catalog {
             "health_state" => Value::Array(
                 self.checks
                     .iter()
-                    .map(|((n, id), c)| self.check_json(n, id, c))
+                    .map(|((n, id), c)| Catalog::check_json(n, id, c))
                     .collect(),
             ),
             "nodes" => Value::Array(self.nodes.keys().map(|n| self.node_json(n)).collect()),
@@ -887,6 +904,12 @@ impl AsyncWrite for CountedStream {
 
 // === the handler ===
 
+/// A body read under the lock: text, or the checks to render after it.
+enum Rendered {
+    Text(String),
+    Checks(BTreeMap<(String, String), CheckRec>),
+}
+
 async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
     let path = uri.path().to_string();
     let endpoint = endpoint(&path);
@@ -920,23 +943,55 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
     let jitter_ms = wait.as_millis() as u64 / 16;
     let jitter = Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
     let deadline = Instant::now() + wait + jitter;
+    let mut received = Instant::now();
     loop {
         let rendered = {
             let st = shared.lock();
             st.index_of(endpoint, &path).map(|index| {
                 let blocking = params.index > 0 && endpoint != "self" && endpoint != "query";
                 let returns = !blocking || index > params.index || Instant::now() >= deadline;
-                // Serialized under the lock, so that body and index always agree.
-                let body = returns.then(|| st.body(endpoint, &path, &params).to_string());
+                // Read under the lock, so that body and index always agree. The 20,000-check
+                // list is copied under the lock and rendered after it, as the agent serves
+                // reads from a snapshot: rendering it under the lock held every other read
+                // (a service fetch) up for as long, which is not the agent's behaviour.
+                let body = returns.then(|| {
+                    if endpoint == "health_state" {
+                        Rendered::Checks(st.checks.clone())
+                    } else {
+                        Rendered::Text(st.body(endpoint, &path, &params).to_string())
+                    }
+                });
                 (body, index)
             })
         };
+        let rendered = rendered.map(|(body, index)| {
+            let body = body.map(|b| match b {
+                Rendered::Text(text) => text,
+                Rendered::Checks(checks) => Value::Array(
+                    checks
+                        .iter()
+                        .map(|((n, id), c)| Catalog::check_json(n, id, c))
+                        .collect(),
+                )
+                .to_string(),
+            });
+            (body, index)
+        });
         match rendered {
             None => return plain(StatusCode::NOT_FOUND, "Not found"),
-            Some((Some(body), index)) => return json_response(body, index),
+            Some((Some(body), index)) => {
+                let mut answered = shared.answered.lock().unwrap_or_else(|e| e.into_inner());
+                let log = answered.entry(path).or_default();
+                if log.len() >= 64 {
+                    log.pop_front();
+                }
+                log.push_back((received, Instant::now()));
+                return json_response(body, index);
+            }
             Some((None, _)) => {}
         }
         let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+        received = Instant::now();
     }
 }
 

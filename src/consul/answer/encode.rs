@@ -4,8 +4,11 @@
 //! each instance's records for A, AAAA, ANY and SRV in one arena, and per tag and type the list
 //! of instances that answer, after Consul's dedup and CNAME rules.
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use rand::seq::SliceRandom;
@@ -75,8 +78,10 @@ pub(super) struct AnswerSet {
     pub(super) tags: Map<Lists>,
 }
 
-/// What the encoders need to know about the whole catalog: the instances DNS may answer per
-/// service (lowercase name) and the nodes, to follow host names inside the Consul domain.
+/// What the encoders need to know about the whole catalog: the services by lowercase name and
+/// the nodes, to follow host names inside the Consul domain. Cheap to make: the instances DNS
+/// may answer are filtered per service on demand, so that an incremental update of the table
+/// costs in proportion to the services that changed, not to the catalog.
 pub(super) struct Context<'a> {
     pub(super) datacenter: &'a str,
     /// Every Consul domain (lowercase dotted, no final dot), to recognise internal names.
@@ -84,10 +89,12 @@ pub(super) struct Context<'a> {
     /// The domain the answers are for.
     pub(super) domain: &'a str,
     pub(super) dns: &'a DnsConfig,
-    serving: HashMap<String, Vec<&'a HealthEntry>>,
-    /// Every instance, critical ones too (prepared queries apply their own health rules).
-    all: HashMap<String, Vec<&'a HealthEntry>>,
-    nodes: HashMap<String, &'a Node>,
+    /// Lowercase service name → its entries under every spelling (Consul's index is
+    /// case-insensitive), in catalog order.
+    services: HashMap<Cow<'a, str>, Vec<&'a Arc<[HealthEntry]>>, RandomState>,
+    catalog: &'a Catalog,
+    /// Lowercase node name → node, made on first use (only host-name chains need it).
+    nodes: OnceCell<HashMap<String, &'a Arc<Node>, RandomState>>,
 }
 
 // === impl Context ===
@@ -100,29 +107,24 @@ impl<'a> Context<'a> {
         domain: &'a str,
         dns: &'a DnsConfig,
     ) -> Context<'a> {
-        let mut serving: HashMap<String, Vec<&HealthEntry>> = HashMap::new();
-        let mut all: HashMap<String, Vec<&HealthEntry>> = HashMap::new();
+        let mut services: HashMap<Cow<'a, str>, Vec<&'a Arc<[HealthEntry]>>, RandomState> =
+            HashMap::with_capacity_and_hasher(catalog.services.len(), RandomState::default());
         for (name, entries) in &catalog.services {
-            let lower = name.to_ascii_lowercase();
-            serving
-                .entry(lower.clone())
-                .or_default()
-                .extend(entries.iter().filter(|e| answers_dns(e, dns)));
-            all.entry(lower).or_default().extend(entries.iter());
+            let key = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(name.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(name.as_str())
+            };
+            services.entry(key).or_default().push(entries);
         }
-        let nodes = catalog
-            .nodes
-            .values()
-            .map(|n| (n.node.to_ascii_lowercase(), n))
-            .collect();
         Context {
             datacenter,
             domains,
             domain,
             dns,
-            serving,
-            all,
-            nodes,
+            services,
+            catalog,
+            nodes: OnceCell::new(),
         }
     }
 
@@ -131,12 +133,41 @@ impl<'a> Context<'a> {
         &self,
         service: &str,
     ) -> impl Iterator<Item = &'a HealthEntry> + '_ {
-        self.all.get(service).into_iter().flatten().copied()
+        self.services
+            .get(service)
+            .into_iter()
+            .flatten()
+            .flat_map(|entries| entries.iter())
     }
 
     /// The instances DNS may answer for `service` (lowercase).
-    pub(super) fn serving(&self, service: &str) -> &[&'a HealthEntry] {
-        self.serving.get(service).map_or(&[], Vec::as_slice)
+    pub(super) fn serving(&self, service: &str) -> Vec<&'a HealthEntry> {
+        self.catalog_entries(service)
+            .filter(|e| answers_dns(e, self.dns))
+            .collect()
+    }
+
+    /// Whether the catalog has `service` (lowercase) under any spelling.
+    pub(super) fn has_service(&self, service: &str) -> bool {
+        self.services.contains_key(service)
+    }
+
+    /// The lowercase names of every service, once each.
+    pub(super) fn service_keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.services.keys().map(|k| k.as_ref())
+    }
+
+    fn node(&self, lower: &str) -> Option<&'a Arc<Node>> {
+        self.nodes
+            .get_or_init(|| {
+                self.catalog
+                    .nodes
+                    .values()
+                    .map(|n| (n.node.to_ascii_lowercase(), n))
+                    .collect()
+            })
+            .get(lower)
+            .copied()
     }
 
     /// `name` with one of the Consul domains stripped, if it is under one.
@@ -181,8 +212,7 @@ impl<'a> Context<'a> {
             }
             ConsulName::Node { node, locality } if local(locality) => {
                 let node = String::from_utf8_lossy(node);
-                self.nodes
-                    .get(node.as_ref())
+                self.node(node.as_ref())
                     .and_then(|n| select(&node_entry(n), Family::Any, self.domains))
                     .into_iter()
                     .collect()
@@ -515,6 +545,20 @@ fn select(e: &HealthEntry, family: Family, domains: &[String]) -> Option<Target>
     }
 }
 
+/// Whether any of `entries` answers with a host name (a CNAME) rather than an address: its
+/// records may follow other services and nodes inside the zone, so it is rebuilt with every
+/// catalog rather than reused.
+pub(super) fn names_a_host<'e>(
+    mut entries: impl Iterator<Item = &'e HealthEntry>,
+    domains: &[String],
+) -> bool {
+    entries.any(|e| {
+        [Family::V4, Family::V6, Family::Any]
+            .into_iter()
+            .any(|f| matches!(select(e, f, domains), Some(Target::Host(_))))
+    })
+}
+
 /// Whether the service address is the service's own DNS name.
 fn is_self_reference(e: &HealthEntry, domains: &[String]) -> bool {
     let addr = e.service.address.trim_end_matches('.').to_ascii_lowercase();
@@ -543,9 +587,9 @@ fn node_dc<'a>(e: &'a HealthEntry, datacenter: &'a str) -> &'a str {
 }
 
 /// A node as an instance with no service, so node lookups share the address rules.
-pub(super) fn node_entry(node: &Node) -> HealthEntry {
+pub(super) fn node_entry(node: &Arc<Node>) -> HealthEntry {
     HealthEntry {
-        node: node.clone(),
+        node: Arc::clone(node),
         service: Default::default(),
         checks: Vec::new(),
     }
@@ -584,7 +628,7 @@ pub(super) struct NodeAnswers {
 }
 
 impl NodeAnswers {
-    pub(super) fn build(cx: &Context<'_>, node: &Node) -> NodeAnswers {
+    pub(super) fn build(cx: &Context<'_>, node: &Arc<Node>) -> NodeAnswers {
         let entry = node_entry(node);
         let enc = InstanceEncoder {
             cx,

@@ -20,7 +20,7 @@
 mod encode;
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,8 +33,11 @@ use crate::consul::name::{self, ConsulName, Locality};
 use crate::consul::query::{self, Queries, Rendered};
 use crate::wire::{self, Proto, Query, rcode, rtype};
 
-use encode::{AnswerSet, Context, Kind, Map, NodeAnswers, lower_key};
+use encode::{AnswerSet, Context, Kind, Map, NodeAnswers, lower_key, names_a_host};
 pub use encode::{answers_dns, encode_meta_txt, hex_ip, srv_target, srv_weight};
+
+/// A set of lowercase service names.
+type Keys = HashSet<Box<[u8]>, RandomState>;
 
 /// What one request got, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,22 +46,30 @@ pub struct Outcome {
 }
 
 /// Every `.consul` answer for one catalog. Immutable but for the template cache; swapped whole
-/// when the catalog changes.
+/// when the catalog changes. [`AnswerTable::update`] makes the next table sharing every part
+/// that the change did not touch (per-service answer sets, node answers, the PTR map).
 pub struct AnswerTable {
     /// Lowercase local datacenter.
     datacenter: Box<[u8]>,
     /// One entry per configured domain: the primary first, then the alt domain.
     domains: Vec<DomainAnswers>,
     /// Node answers do not mention the domain, so both domains share them.
-    nodes: Map<NodeAnswers>,
+    nodes: Arc<Map<NodeAnswers>>,
     /// Reverse names: address → PTR target (the primary domain, as Consul).
-    ptr: HashMap<IpAddr, String, RandomState>,
+    ptr: Arc<HashMap<IpAddr, String, RandomState>>,
     limits: Limits,
     queries: Queries,
-    /// Kept to build prepared query template answers on first use.
+    /// Kept to build prepared query template answers on first use, and to tell what changed.
     catalog: Arc<Catalog>,
     dns: DnsConfig,
+    /// `dns` as text: `DnsConfig` has no `PartialEq`, and a changed config rebuilds all.
+    dns_key: String,
     domain_names: Vec<String>,
+    /// Lowercase names of services with an instance answering with a host name: their
+    /// answers may follow other services and nodes, so they are rebuilt every time.
+    by_name: Keys,
+    /// Some node answers with a host name (then node answers are rebuilt every time).
+    nodes_by_name: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +87,7 @@ struct DomainAnswers {
     soa_serial_at: usize,
     /// NS records (owner = this domain) and their glue, one pair per Consul server.
     ns: Vec<(Vec<u8>, Vec<u8>)>,
-    services: Map<AnswerSet>,
+    services: Map<Arc<AnswerSet>>,
     /// Prepared queries that are not templates, by ID and by name.
     queries: Map<Arc<PreparedAnswers>>,
     /// Template answers built on first use (bounded; cleared when full).
@@ -104,30 +115,110 @@ impl AnswerTable {
     /// Encode every answer of `catalog` for `domains` (lowercase dotted without the final dot,
     /// primary first) under the `dns` knobs.
     pub fn build(catalog: Arc<Catalog>, domains: &[String], dns: &DnsConfig) -> AnswerTable {
+        Self::make(None, catalog, domains, dns)
+    }
+
+    /// The table for `catalog`, reusing from `prev` everything the change from `prev`'s catalog
+    /// did not touch: the answer set of every service whose entries are the same `Arc` (the
+    /// watcher shares unchanged services between snapshots), the node answers and the PTR map
+    /// when the nodes did not change. Services answering with host names, NS and prepared
+    /// queries depend on other services and are rebuilt every time. A different datacenter,
+    /// domain list or `dns` config means a full build. Answers equal those of
+    /// [`AnswerTable::build`] (up to the once-per-build shuffle of reused sets).
+    pub fn update(
+        prev: &AnswerTable,
+        catalog: Arc<Catalog>,
+        domains: &[String],
+        dns: &DnsConfig,
+    ) -> AnswerTable {
+        let same_setup = prev.domain_names == domains
+            && prev.catalog.datacenter == catalog.datacenter
+            && prev.dns_key == format!("{dns:?}");
+        Self::make(same_setup.then_some(prev), catalog, domains, dns)
+    }
+
+    fn make(
+        prev: Option<&AnswerTable>,
+        catalog: Arc<Catalog>,
+        domains: &[String],
+        dns: &DnsConfig,
+    ) -> AnswerTable {
         let datacenter = catalog.datacenter.to_ascii_lowercase();
         let queries = Queries::new(&catalog.queries);
+        let changes = prev.map(|p| Changes::between(&p.catalog, &catalog));
+        // Services to (re)build: every one, or those that changed plus those naming hosts.
+        let mut by_name = prev.map_or_else(
+            || HashSet::with_hasher(RandomState::default()),
+            |p| p.by_name.clone(),
+        );
+        let rebuild: Option<Keys> = changes.as_ref().map(|c| {
+            let mut keys = c.services.clone();
+            keys.extend(by_name.iter().cloned());
+            keys
+        });
         let domain_answers = domains
             .iter()
-            .map(|domain| {
+            .enumerate()
+            .map(|(i, domain)| {
                 let cx = Context::new(&catalog, &datacenter, domains, domain, dns);
-                DomainAnswers::build(&cx, &catalog, &queries)
+                let reuse = prev.and_then(|p| p.domains.get(i)).zip(rebuild.as_ref());
+                DomainAnswers::build(&cx, &catalog, &queries, reuse)
             })
             .collect();
-        let mut nodes = Map::with_hasher(RandomState::default());
+        // Which services name hosts, for the next update.
         if let Some(domain) = domains.first() {
             let cx = Context::new(&catalog, &datacenter, domains, domain, dns);
-            for node in catalog.nodes.values() {
-                nodes
-                    .entry(lower_key(&node.node))
-                    .or_insert_with(|| NodeAnswers::build(&cx, node));
+            match &changes {
+                None => {
+                    by_name.clear();
+                    for key in cx.service_keys() {
+                        if names_a_host(cx.catalog_entries(key), domains) {
+                            by_name.insert(key.as_bytes().into());
+                        }
+                    }
+                }
+                Some(c) => {
+                    for key in &c.services {
+                        by_name.remove(key);
+                        let text = String::from_utf8_lossy(key);
+                        if names_a_host(cx.catalog_entries(&text), domains) {
+                            by_name.insert(key.clone());
+                        }
+                    }
+                }
             }
         }
-        let ptr = reverse_map(
-            &catalog,
-            &datacenter,
-            domains.first().map_or("consul", |d| d),
-            dns,
-        );
+        let nodes_by_name = match (prev, &changes) {
+            (Some(p), Some(c)) if !c.nodes => p.nodes_by_name,
+            _ => catalog
+                .nodes
+                .values()
+                .any(|n| !n.address.is_empty() && n.address.parse::<IpAddr>().is_err()),
+        };
+        let nodes = match (prev, &changes) {
+            (Some(p), Some(c)) if !c.nodes && !nodes_by_name => Arc::clone(&p.nodes),
+            _ => {
+                let mut nodes = Map::with_hasher(RandomState::default());
+                if let Some(domain) = domains.first() {
+                    let cx = Context::new(&catalog, &datacenter, domains, domain, dns);
+                    for node in catalog.nodes.values() {
+                        nodes
+                            .entry(lower_key(&node.node))
+                            .or_insert_with(|| NodeAnswers::build(&cx, node));
+                    }
+                }
+                Arc::new(nodes)
+            }
+        };
+        let ptr = match (prev, &changes) {
+            (Some(p), Some(c)) if !c.nodes && !c.service_addresses => Arc::clone(&p.ptr),
+            _ => Arc::new(reverse_map(
+                &catalog,
+                &datacenter,
+                domains.first().map_or("consul", |d| d),
+                dns,
+            )),
+        };
         AnswerTable {
             datacenter: datacenter.into_bytes().into_boxed_slice(),
             domains: domain_answers,
@@ -143,7 +234,10 @@ impl AnswerTable {
             queries,
             catalog,
             dns: dns.clone(),
+            dns_key: format!("{dns:?}"),
             domain_names: domains.to_vec(),
+            by_name,
+            nodes_by_name,
         }
     }
 
@@ -509,6 +603,68 @@ impl AnswerTable {
     pub fn service_count(&self) -> usize {
         self.domains.first().map_or(0, |d| d.services.len())
     }
+
+    /// Whether `self` and `other` share the primary domain's answers for `service` (lowercase),
+    /// i.e. an update reused them: for tests.
+    pub fn shares_service(&self, other: &AnswerTable, service: &str) -> bool {
+        let get = |t: &AnswerTable| {
+            t.domains
+                .first()
+                .and_then(|d| d.services.get(service.as_bytes()))
+                .cloned()
+        };
+        matches!((get(self), get(other)), (Some(a), Some(b)) if Arc::ptr_eq(&a, &b))
+    }
+}
+
+/// What differs between two catalogs, as far as the answer table cares.
+struct Changes {
+    /// Lowercase names of services added, removed or whose entries are another `Arc`.
+    services: Keys,
+    /// Some node was added, removed or changed.
+    nodes: bool,
+    /// A changed service has (or had) an instance with its own IP address: the PTR map may
+    /// change.
+    service_addresses: bool,
+}
+
+impl Changes {
+    fn between(old: &Catalog, new: &Catalog) -> Changes {
+        let mut services = HashSet::with_hasher(RandomState::default());
+        let mut service_addresses = false;
+        let mut note = |name: &str, entries: &[HealthEntry]| {
+            services.insert(lower_key(name));
+            service_addresses |= entries
+                .iter()
+                .any(|e| e.service.address.parse::<IpAddr>().is_ok());
+        };
+        for (name, entries) in &new.services {
+            match old.services.get(name) {
+                Some(prev) if Arc::ptr_eq(prev, entries) => {}
+                Some(prev) => {
+                    note(name, prev);
+                    note(name, entries);
+                }
+                None => note(name, entries),
+            }
+        }
+        for (name, entries) in &old.services {
+            if !new.services.contains_key(name) {
+                note(name, entries);
+            }
+        }
+        let nodes = old.nodes.len() != new.nodes.len()
+            || old
+                .nodes
+                .iter()
+                .zip(&new.nodes)
+                .any(|((ka, a), (kb, b))| ka != kb || !(Arc::ptr_eq(a, b) || a == b));
+        Changes {
+            services,
+            nodes,
+            service_addresses,
+        }
+    }
 }
 
 /// NXDOMAIN, or NODATA (RFC 2308: NOERROR, no answer), with the SOA in the authority section.
@@ -532,20 +688,43 @@ fn ecs_source_prefix(query: &Query<'_>) -> u8 {
 // === impl DomainAnswers ===
 
 impl DomainAnswers {
-    fn build(cx: &Context<'_>, catalog: &Catalog, queries: &Queries) -> Self {
+    /// The answers under `cx.domain`; with `reuse`, the previous table's answers for this
+    /// domain and the lowercase names to rebuild: every other service's set is shared.
+    fn build(
+        cx: &Context<'_>,
+        catalog: &Catalog,
+        queries: &Queries,
+        reuse: Option<(&DomainAnswers, &Keys)>,
+    ) -> Self {
         let (soa, soa_serial_at) = encode_soa(cx.domain, &cx.dns.soa);
-        let mut services = Map::with_hasher(RandomState::default());
-        for name in catalog.services.keys() {
-            let key = lower_key(name);
-            if services.contains_key(&key) {
-                continue;
-            }
-            let lower = name.to_ascii_lowercase();
-            let ttl = cx.dns.service_ttl.lookup(&lower);
+        let set_for = |lower: &str| {
+            let ttl = cx.dns.service_ttl.lookup(lower);
             // Consul's index is case-insensitive: registrations differing only in case are
             // one service for DNS.
-            services.insert(key, AnswerSet::build(cx, cx.serving(&lower), ttl, true));
-        }
+            Arc::new(AnswerSet::build(cx, &cx.serving(lower), ttl, true))
+        };
+        let services = match reuse {
+            None => {
+                let mut services =
+                    Map::with_capacity_and_hasher(catalog.services.len(), RandomState::default());
+                for key in cx.service_keys() {
+                    services.insert(key.as_bytes().into(), set_for(key));
+                }
+                services
+            }
+            Some((prev, rebuild)) => {
+                let mut services = prev.services.clone();
+                for key in rebuild {
+                    let lower = String::from_utf8_lossy(key);
+                    if cx.has_service(&lower) {
+                        services.insert(key.clone(), set_for(&lower));
+                    } else {
+                        services.remove(key);
+                    }
+                }
+                services
+            }
+        };
         let mut prepared = Map::with_hasher(RandomState::default());
         for (names, rendered) in queries.fixed() {
             let answers = Arc::new(PreparedAnswers::build(cx, &rendered));

@@ -32,12 +32,12 @@ pub(crate) fn dns_config() -> DnsConfig {
 
 pub(crate) fn entry(node: &str, node_addr: &str, svc: &str, addr: &str, port: u16) -> HealthEntry {
     HealthEntry {
-        node: Node {
+        node: Arc::new(Node {
             node: node.into(),
             address: node_addr.into(),
             datacenter: "dc1".into(),
             ..Node::default()
-        },
+        }),
         service: Service {
             id: format!("{svc}-{node}-{port}"),
             service: svc.into(),
@@ -156,6 +156,117 @@ fn table(entries: Vec<HealthEntry>) -> AnswerTable {
         &["consul".into()],
         &dns_config(),
     )
+}
+
+/// An update after one service changed rebuilds that service (and those naming hosts in the
+/// zone) and shares every other service's answers with the previous table; its answers are
+/// those of a full build, across services, node lookups and reverse names.
+#[test]
+fn update_reuses_unchanged_services_and_matches_a_full_build() {
+    let domains: Vec<String> = vec!["consul".into()];
+    let dns = dns_config();
+    let alias = entry("n3", "10.0.0.3", "alias", "db.service.consul", 90);
+    let before = catalog(vec![
+        entry("n1", "10.0.0.1", "web", "", 80),
+        entry("n2", "10.0.0.2", "web", "", 80),
+        entry("n1", "10.0.0.1", "db", "10.0.1.1", 5432),
+        entry("n2", "10.0.0.2", "Cache", "", 6379),
+        alias,
+    ]);
+    let t1 = AnswerTable::build(Arc::new(before.clone()), &domains, &dns);
+
+    // db: one instance goes critical, one is added; the web and cache `Arc`s stay shared.
+    let mut after = before.clone();
+    after.services.insert(
+        "db".into(),
+        Arc::from(vec![
+            with_check(entry("n1", "10.0.0.1", "db", "10.0.1.1", 5432), "critical"),
+            entry("n2", "10.0.0.2", "db", "10.0.1.2", 5432),
+        ]),
+    );
+    after.services.insert(
+        "new".into(),
+        Arc::from(vec![entry("n4", "10.0.0.4", "new", "", 1)]),
+    );
+    after.index_nodes_from_services();
+    let after = Arc::new(after);
+    let t2 = AnswerTable::update(&t1, Arc::clone(&after), &domains, &dns);
+    let full = AnswerTable::build(after, &domains, &dns);
+
+    assert!(t2.shares_service(&t1, "web"), "unchanged service is reused");
+    assert!(
+        t2.shares_service(&t1, "cache"),
+        "unchanged (mixed case) is reused"
+    );
+    assert!(!t2.shares_service(&t1, "db"), "changed service is rebuilt");
+    assert!(
+        !t2.shares_service(&t1, "alias"),
+        "a host name in the zone is rebuilt"
+    );
+    assert!(
+        !full.shares_service(&t1, "web"),
+        "a full build shares nothing"
+    );
+
+    let questions = [
+        ("web.service.consul.", RecordType::A),
+        ("web.service.consul.", RecordType::SRV),
+        ("db.service.consul.", RecordType::A),
+        ("db.service.consul.", RecordType::SRV),
+        ("cache.service.consul.", RecordType::A),
+        ("alias.service.consul.", RecordType::A),
+        ("alias.service.consul.", RecordType::ANY),
+        ("new.service.consul.", RecordType::A),
+        ("n4.node.consul.", RecordType::A),
+        ("gone.service.consul.", RecordType::A),
+    ];
+    for (name, rt) in questions {
+        let (a, b) = (ask(&t2, name, rt), ask(&full, name, rt));
+        assert_eq!(
+            a.metadata.response_code, b.metadata.response_code,
+            "{name} {rt}"
+        );
+        assert_eq!(lines(&a.answers), lines(&b.answers), "{name} {rt}");
+        assert_eq!(lines(&a.additionals), lines(&b.additionals), "{name} {rt}");
+    }
+    assert_eq!(
+        ask(&t2, "db.service.consul.", RecordType::A).answers.len(),
+        1
+    );
+    assert_eq!(
+        ask(&t2, "alias.service.consul.", RecordType::A)
+            .answers
+            .len(),
+        2
+    );
+    for table in [&t2, &full] {
+        let mut m = Message::query();
+        m.add_query(HQuery::query(
+            Name::from_str("2.1.0.10.in-addr.arpa.").unwrap(),
+            RecordType::PTR,
+        ));
+        let bytes = m.to_vec().unwrap();
+        let q = Query::parse(&bytes).unwrap();
+        let mut out = Vec::new();
+        assert!(
+            table
+                .answer_reverse(&q, b"2.1.0.10.in-addr.arpa", &mut out)
+                .is_some()
+        );
+    }
+
+    // Removing a service drops its answers.
+    let mut gone = (*t2.catalog).clone();
+    gone.services.remove("web");
+    let t3 = AnswerTable::update(&t2, Arc::new(gone), &domains, &dns);
+    assert_eq!(t3.service_count(), t2.service_count() - 1);
+    assert!(t3.shares_service(&t2, "cache"));
+    assert_eq!(
+        ask(&t3, "web.service.consul.", RecordType::A)
+            .metadata
+            .response_code,
+        hickory_proto::op::ResponseCode::NXDomain
+    );
 }
 
 /// A, SRV with additional A, ANY and NODATA for a service with two IP instances.
@@ -308,8 +419,9 @@ fn limits_truncation_and_rotation() {
 #[test]
 fn node_records() {
     let mut e = entry("foo", "127.0.0.1", "web", "", 80);
-    e.node.meta.insert("key".into(), "value".into());
-    e.node.meta.insert("rfc1035-00".into(), "value0".into());
+    let node = Arc::make_mut(&mut e.node);
+    node.meta.insert("key".into(), "value".into());
+    node.meta.insert("rfc1035-00".into(), "value0".into());
     let t = table(vec![e]);
     let m = ask(&t, "foo.node.consul.", RecordType::A);
     assert_eq!(lines(&m.answers), vec!["foo.node.consul. 0 IN A 127.0.0.1"]);

@@ -31,10 +31,10 @@ fn check(node: &str, service: &str, status: &str) -> Check {
 
 fn entry(node: &str, service: &str) -> HealthEntry {
     HealthEntry {
-        node: Node {
+        node: Arc::new(Node {
             node: node.into(),
             ..Node::default()
-        },
+        }),
         service: Service {
             id: service.into(),
             service: service.into(),
@@ -52,7 +52,7 @@ fn services(names: &[&str]) -> BTreeMap<String, Vec<String>> {
 fn settled() -> Feed {
     let mut f = feed();
     f.apply(Event::Services(services(&["web", "db"]), 5));
-    f.apply(Event::Checks(
+    f.apply(checks_event(
         vec![check("n1", "web", "passing"), check("n2", "db", "passing")],
         5,
     ));
@@ -126,7 +126,7 @@ fn publishes_only_complete_catalogs() {
     let mut f = feed();
     f.apply(Event::Services(services(&["web"]), 3));
     assert!(!f.loops_answered());
-    f.apply(Event::Checks(vec![], 3));
+    f.apply(checks_event(vec![], 3));
     f.apply(Event::Nodes(vec![], 3));
     assert!(f.loops_answered());
     assert!(f.build().is_none(), "web not fetched yet");
@@ -153,7 +153,7 @@ fn publishes_only_complete_catalogs() {
 #[test]
 fn service_check_change_marks_service() {
     let mut f = settled();
-    f.apply(Event::Checks(
+    f.apply(checks_event(
         vec![check("n1", "web", "critical"), check("n2", "db", "passing")],
         6,
     ));
@@ -164,7 +164,7 @@ fn service_check_change_marks_service() {
 #[test]
 fn node_check_change_marks_services_on_node() {
     let mut f = settled();
-    f.apply(Event::Checks(
+    f.apply(checks_event(
         vec![
             check("n1", "web", "passing"),
             check("n2", "db", "passing"),
@@ -243,4 +243,32 @@ fn token_from_file_else_environment() {
             .contains("missing")
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn checks_event(checks: Vec<Check>, index: u64) -> Event {
+    Event::Checks(CheckPrints::new(&checks), index)
+}
+
+/// `/v1/health/state/any` parses straight into fingerprints that tell a status change, and
+/// the order of checks in the body does not matter.
+#[test]
+fn check_prints_parse_from_the_body() {
+    let a = r#"[{"Node":"n1","CheckID":"serfHealth","Status":"passing","ServiceID":"",
+        "ServiceName":"","Output":"ok","Notes":null,"Definition":{}},
+        {"Node":"n1","CheckID":"service:web","Status":"passing","ServiceID":"web",
+        "ServiceName":"web"},{"Node":"n2","CheckID":"service:db","Status":"passing",
+        "ServiceID":"db","ServiceName":"d\u0062"}]"#;
+    let b = r#"[{"Node":"n2","CheckID":"service:db","Status":"passing","ServiceID":"db",
+        "ServiceName":"db"},{"Node":"n1","CheckID":"service:web","Status":"critical",
+        "ServiceID":"web","ServiceName":"web"},{"Node":"n1","CheckID":"serfHealth",
+        "Status":"passing","ServiceID":"","ServiceName":""}]"#;
+    let pa: CheckPrints = serde_json::from_str(a).unwrap();
+    let pb: CheckPrints = serde_json::from_str(b).unwrap();
+    assert_eq!(pa.services.len(), 2);
+    assert_eq!(pa.nodes.len(), 1);
+    assert_eq!(pa.services.get("db"), pb.services.get("db"));
+    assert_ne!(pa.services.get("web"), pb.services.get("web"));
+    assert_eq!(pa.nodes, pb.nodes);
+    let null: CheckPrints = serde_json::from_str("null").unwrap();
+    assert_eq!(null, CheckPrints::default());
 }
