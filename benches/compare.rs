@@ -38,7 +38,7 @@ const SRV_RUN: Duration = Duration::from_millis(1500);
 const FIXED_RUN: Duration = Duration::from_millis(1500);
 const FIXED_QPS: u64 = 50_000;
 /// Queries outstanding at max rate: enough to keep any of these servers busy (signpost and
-/// the echo take up to 32 per receive), and below what dnsmasq's receive buffer holds (it
+/// the echo take up to 64 per receive), and below what dnsmasq's receive buffer holds (it
 /// keeps the kernel default, about 200 KB, room for ~160 queries, and has no option to raise
 /// it): with 256 outstanding the first version of this bench measured dnsmasq's drops, each
 /// holding a window slot for the loss timeout, rather than its speed.

@@ -13,9 +13,11 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 
-/// Datagrams per system call. 32 keeps a batch's buffers (128 KiB) in L2 and its latency
-/// (32 answers at ~0.3 µs each) far below a millisecond.
-pub const BATCH: usize = 32;
+/// Datagrams per system call. 64 halves the system calls per query against 32 when the
+/// server is saturated (`reference/hickory.md` §6.2 measured batch 64); a full batch is still
+/// only ~20 µs of answering, and at low rates a receive returns what is there at once
+/// (`MSG_WAITFORONE`), so the batch size costs no latency.
+pub const BATCH: usize = 64;
 /// Receive room per datagram. A query is a header, one question and an OPT record: far less.
 /// A bigger datagram arrives cut (`MSG_TRUNC`) and is dropped, like hickory's 4,096-byte reader.
 pub const SLOT: usize = 4096;
