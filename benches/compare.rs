@@ -532,7 +532,10 @@ fn machine(pinned: bool) {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // Counted from /proc/cpuinfo: this process is pinned to one core by now.
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| c.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0);
     println!(
         "- CPU: {cpu}, {cores} cores; kernel {}",
         output("uname", &["-r"])
