@@ -1,7 +1,9 @@
 //! `sendmmsg`/`recvmmsg` on a connected UDP socket: one system call per batch of datagrams,
 //! so that the load generator spends far fewer cycles per query than the server it measures.
-//! The only `unsafe` in the benchmark lives here (DESIGN.md, STYLE.md §2.2 item 15).
+//! The only `unsafe` in the benchmarks lives here (DESIGN.md, STYLE.md §2.2 item 15); shared
+//! by `forward.rs` and the load generator (`load/generator.rs`).
 #![allow(unsafe_code)]
+#![allow(dead_code)]
 
 use std::io;
 use std::net::UdpSocket;
@@ -79,6 +81,18 @@ impl Batches {
         socket: &UdpSocket,
         lens: &mut [usize; BATCH],
     ) -> io::Result<usize> {
+        self.recv_with(socket, lens, libc::MSG_DONTWAIT)
+    }
+
+    /// Receive up to [`BATCH`] datagrams with `flags`: `MSG_DONTWAIT` never waits,
+    /// `MSG_WAITFORONE` waits (on a blocking socket, up to its `SO_RCVTIMEO`) for the first and
+    /// takes whatever else is queued. A timeout counts as 0 datagrams.
+    pub(crate) fn recv_with(
+        &mut self,
+        socket: &UdpSocket,
+        lens: &mut [usize; BATCH],
+        flags: libc::c_int,
+    ) -> io::Result<usize> {
         self.iovecs.clear();
         for reply in self.replies.iter_mut() {
             self.iovecs.push(libc::iovec {
@@ -99,7 +113,7 @@ impl Batches {
                 socket.as_raw_fd(),
                 self.headers.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                flags,
                 std::ptr::null_mut(),
             )
         };

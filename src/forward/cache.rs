@@ -32,7 +32,7 @@ use crate::wire::{self, rcode};
 /// and a full IPv6 address (16), RFC 7871 §6. Anything longer is not cached.
 const MAX_ECS_IN_KEY: usize = 20;
 /// Longest key: a name (255), type and class (4), flags (1), ECS.
-const KEY_MAX: usize = 255 + 4 + 1 + MAX_ECS_IN_KEY;
+pub(crate) const KEY_MAX: usize = 255 + 4 + 1 + MAX_ECS_IN_KEY;
 
 /// What makes two queries the same question for the cache, as bytes: the lowercased wire name
 /// (length octets are below 64 and unaffected by lowercasing), QTYPE, QCLASS, a flag byte, and
@@ -77,6 +77,9 @@ pub(crate) enum Lookup {
 
 /// The forwarded-answer cache.
 pub(crate) struct Cache {
+    /// Unique per cache in the process: tags this cache's entries in the per-thread front
+    /// (`front.rs`, issue 8).
+    id: u64,
     entries: moka::sync::Cache<CacheKey, Entry>,
     config: CacheConfig,
     /// Also counted in the metric; kept here so tests can read it without a recorder.
@@ -160,6 +163,11 @@ impl Entry {
         self.render(query, out, |_| stale_ttl)
     }
 
+    /// Whether the entry is still within its TTL at `now` (what [`Cache::get`] calls fresh).
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.inserted) < self.ttl
+    }
+
     pub(crate) fn is_servfail(&self) -> bool {
         self.wire.is_none()
     }
@@ -197,11 +205,18 @@ impl Cache {
                 }
             })
             .build();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Some(Cache {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             entries,
             config: config.clone(),
             evictions,
         })
+    }
+
+    /// This cache's process-unique ID.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     pub(crate) fn get(&self, key: &[u8], now: Instant) -> Lookup {
@@ -209,7 +224,7 @@ impl Cache {
             return Lookup::Miss;
         };
         let age = now.saturating_duration_since(entry.inserted);
-        if age < entry.ttl {
+        if entry.is_fresh(now) {
             Lookup::Fresh(entry)
         } else if age < entry.keep && !entry.is_servfail() {
             Lookup::Stale(entry)

@@ -1,24 +1,42 @@
-//! UDP: one `SO_REUSEPORT` socket per worker, each served by its own thread and
-//! current-thread runtime (DESIGN.md, Performance design).
+//! UDP: one `SO_REUSEPORT` socket per worker, each served by its own plain thread
+//! (DESIGN.md, Performance design; `reference/hickory.md` §6.3).
 //!
-//! The loop receives into a buffer it owns and answers local names in place: no task, no lock,
-//! no allocation. A forwarded name is the exception: its bytes are copied into a task on the
-//! same runtime, which sends the reply through the same socket when the upstream answers.
+//! The worker is a blocking loop with no async runtime in it: `recvmmsg` takes up to
+//! [`mmsg::BATCH`] queries in one system call, each is answered from local data into its own
+//! reused buffer ([`Dispatcher::answer_untimed`]: no task, no lock, no allocation), and one
+//! `sendmmsg` sends every answer. The clock is read twice per batch and the metrics are added
+//! once per batch ([`Tally`]).
+//!
+//! A forwarded name is the exception: its bytes are copied into a task on the worker's own
+//! current-thread runtime, run by a companion thread, which sends the reply with a
+//! non-blocking `sendto` on a clone of the socket when the upstream answers. The companion
+//! also waits for shutdown: it raises the stop flag that the loop checks after every receive,
+//! then wakes the loop with `shutdown(SHUT_RD)` on the socket. Linux wakes a blocked reader
+//! even on an unconnected UDP socket ("hack to wake up other listeners", `inet_shutdown`; the
+//! call itself reports ENOTCONN) and later receives return at once. The receive therefore
+//! needs no timeout: a socket timeout would arm a kernel timer every time the loop blocks.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::sync::watch;
 
+use crate::metrics::Tally;
+use crate::server::mmsg::{self, Batch};
 use crate::server::{Dispatcher, Handled};
 use crate::wire::Proto;
 
-/// Receive buffer size: the largest UDP payload.
-const RECV_BUFFER: usize = 65_535;
+/// Longest a send of answers may block on a full socket buffer before they are dropped.
+const SEND_TIMEOUT: Duration = Duration::from_millis(100);
+/// Starting room of each answer buffer; it grows to the largest answer sent and stays.
+const ANSWER_BUFFER: usize = 4096;
+/// Tries of a forwarded reply's non-blocking send on a full buffer, 1 ms apart.
+const FORWARD_SEND_TRIES: usize = 10;
 /// Kernel socket buffer: room for bursts while the thread is busy (capped by `rmem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -37,76 +55,148 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Start a worker thread serving `socket` until `shutdown` turns true.
+/// Start a worker serving `socket` until `shutdown` turns true: the hot loop on a thread
+/// named `name`, and its forwarding runtime on `name-fwd`. The handle returned joins both.
 pub fn spawn_worker(
     socket: std::net::UdpSocket,
     dispatcher: Arc<Dispatcher>,
     shutdown: watch::Receiver<bool>,
     name: String,
 ) -> io::Result<JoinHandle<()>> {
+    // The hot loop blocks in recvmmsg until a datagram arrives or the companion wakes it.
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(None)?;
+    socket.set_write_timeout(Some(SEND_TIMEOUT))?;
+    // Replies to forwarded names go out through a clone of the socket (same port, so the
+    // client sees the address it asked). The clone shares the blocking mode, so its sends
+    // pass MSG_DONTWAIT instead.
+    let replies = Arc::new(Socket::from(socket.try_clone()?));
+    let wake = Socket::from(socket.try_clone()?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let forwarding = runtime.handle().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let raise = Arc::clone(&stop);
+    let draining = Arc::clone(&dispatcher);
+    let companion = std::thread::Builder::new()
+        .name(format!("{name}-fwd"))
+        .spawn(move || {
+            let mut shutdown = shutdown;
+            runtime.block_on(async move {
+                // Err: the sender is gone, which also means stop.
+                while shutdown.changed().await.is_ok() {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+                raise.store(true, Ordering::Release);
+                // Wake the loop out of recvmmsg; the ENOTCONN it reports is expected (see
+                // above). Only reading stops: forwarded replies still go out.
+                let _ = wake.shutdown(std::net::Shutdown::Read);
+                // ops (issue 9): let forwarded queries already in flight answer before this
+                // runtime (and its tasks) is dropped: SIGTERM drains.
+                draining.drain(crate::server::DRAIN_DEADLINE).await;
+            });
+        })?;
     std::thread::Builder::new().name(name).spawn(move || {
-        runtime.block_on(async move {
-            match UdpSocket::from_std(socket) {
-                Ok(socket) => serve(Arc::new(socket), dispatcher, shutdown).await,
-                Err(e) => tracing::error!(error = %e, "udp socket could not join the runtime"),
-            }
-        });
+        let worker = Worker {
+            socket,
+            dispatcher,
+            replies,
+            forwarding,
+        };
+        worker.run(&stop);
+        let _ = companion.join();
     })
 }
 
-async fn serve(
-    socket: Arc<UdpSocket>,
+/// One UDP worker's state.
+struct Worker {
+    socket: std::net::UdpSocket,
     dispatcher: Arc<Dispatcher>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; RECV_BUFFER];
-    let mut out = Vec::with_capacity(RECV_BUFFER);
-    loop {
-        let (len, peer) = tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            received = socket.recv_from(&mut buf) => match received {
-                Ok(r) => r,
+    /// The socket again, for forwarded replies sent from the forwarding runtime.
+    replies: Arc<Socket>,
+    forwarding: tokio::runtime::Handle,
+}
+
+// === impl Worker ===
+
+impl Worker {
+    fn run(&self, stop: &AtomicBool) {
+        let mut batch = Batch::new();
+        let mut outs: Vec<Vec<u8>> = (0..mmsg::BATCH)
+            .map(|_| Vec::with_capacity(ANSWER_BUFFER))
+            .collect();
+        let mut answered = [0usize; mmsg::BATCH];
+        let mut tally = Tally::default();
+        while !stop.load(Ordering::Acquire) {
+            let n = match batch.recv(&self.socket) {
+                Ok(n) => n,
                 Err(e) => {
-                    // ICMP errors from earlier sends surface here on Linux; keep serving.
+                    // An ICMP error from an earlier send or EINTR: not the socket's end.
                     tracing::debug!(error = %e, "udp receive failed");
                     continue;
                 }
-            },
-        };
-        let packet = &buf[..len];
-        match dispatcher.answer_local(packet, Proto::Udp, &mut out) {
-            Handled::Answered => send(&socket, &out, peer).await,
-            Handled::Drop => {}
-            Handled::Forward => {
-                let packet = packet.to_vec();
-                let socket = Arc::clone(&socket);
-                let dispatcher = Arc::clone(&dispatcher);
-                tokio::spawn(async move {
-                    let reply = dispatcher.forward(&packet, Proto::Udp).await;
-                    send(&socket, &reply, peer).await;
-                });
+            };
+            let received = Instant::now();
+            let mut k = 0;
+            for (i, out) in outs.iter_mut().enumerate().take(n) {
+                let Some(packet) = batch.packet(i) else {
+                    continue;
+                };
+                match self.dispatcher.answer_untimed(packet, Proto::Udp, out) {
+                    (Handled::Answered, served) => {
+                        answered[k] = i;
+                        k += 1;
+                        if let Some(s) = served {
+                            tally.add(s.zone, s.rcode);
+                        }
+                    }
+                    (Handled::Drop, _) => {}
+                    (Handled::Forward, _) => {
+                        if let Some(peer) = batch.peer(i) {
+                            self.forward(packet.to_vec(), peer);
+                        }
+                    }
+                }
+            }
+            if k > 0 {
+                batch.send(&self.socket, &answered[..k], &outs);
+                tally.flush(self.dispatcher.metrics(), Proto::Udp, received.elapsed());
             }
         }
     }
-    // ops (issue 9): stop reading, but let forwarded queries already in flight answer
-    // before this runtime (and its tasks) is dropped: SIGTERM drains.
-    dispatcher.drain(crate::server::DRAIN_DEADLINE).await;
+
+    /// Resolve `packet` on the forwarding runtime and send the reply to `peer`.
+    fn forward(&self, packet: Vec<u8>, peer: SocketAddr) {
+        let dispatcher = Arc::clone(&self.dispatcher);
+        let socket = Arc::clone(&self.replies);
+        self.forwarding.spawn(async move {
+            let reply = dispatcher.forward(&packet, Proto::Udp).await;
+            send_forwarded(&socket, &reply, peer).await;
+        });
+    }
 }
 
-/// Send without waiting when the socket has room (the usual case), else wait for room.
-async fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
+/// Send a forwarded reply without blocking the runtime: MSG_DONTWAIT, and a few short waits
+/// when the socket buffer is full.
+async fn send_forwarded(socket: &Socket, bytes: &[u8], peer: SocketAddr) {
     if bytes.is_empty() {
         return;
     }
-    let sent = match socket.try_send_to(bytes, peer) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(bytes, peer).await,
-        other => other,
-    };
-    if let Err(e) = sent {
-        tracing::debug!(error = %e, %peer, "udp send failed");
+    let to = SockAddr::from(peer);
+    for _ in 0..FORWARD_SEND_TRIES {
+        match socket.send_to_with_flags(bytes, &to, libc::MSG_DONTWAIT) {
+            Ok(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "udp send failed");
+                return;
+            }
+        }
     }
+    tracing::debug!(%peer, "udp send buffer full: forwarded reply dropped");
 }
