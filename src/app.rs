@@ -18,7 +18,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -26,9 +25,9 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, DnsConfig};
 use crate::consul::answer::AnswerTable;
 use crate::consul::{self, Catalog};
-use crate::emit::{self, SrvData};
+use crate::emit;
 use crate::forward::{ForwardError, Forwarder};
-use crate::http::{self, HttpState, Readiness};
+use crate::http::{self, HttpState, Readiness, SrvDocument};
 use crate::metrics;
 use crate::ops::query_log::QueryLog;
 use crate::router::Router;
@@ -133,7 +132,6 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         )
         .with_query_log(Arc::clone(&query_log)),
     );
-    let srv_data = Arc::new(ArcSwap::from_pointee(Bytes::new()));
 
     let mut tasks = Vec::new();
     // CONSUL_HTTP_TOKEN is read here, at the config boundary, only when token_file is unset.
@@ -151,12 +149,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     )
     .into_handle();
     let (dns_tx, dns_rx) = watch::channel(Arc::new(config.dns.clone()));
+    let srv_document = Arc::new(SrvDocument::new(
+        catalogs.clone(),
+        dns_rx.clone(),
+        domains[0].clone(),
+    ));
     tasks.push(tokio::spawn(follow_catalog(
         catalogs.clone(),
         dns_rx,
         domains.clone(),
         table,
-        Arc::clone(&srv_data),
         Arc::clone(&readiness),
     )));
 
@@ -207,7 +209,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 prometheus: prometheus.clone(),
                 dispatcher: Arc::clone(&dispatcher),
                 readiness: Arc::clone(&readiness),
-                srv_data,
+                srv_document,
                 before_scrape: Box::new(move || {
                     refresh_catalog_age();
                     ::metrics::gauge!(metrics::READY).set(f64::from(u8::from(ready.is_ready())));
@@ -393,26 +395,16 @@ impl Running {
 /// Rebuild the answer table and the SRV data served at `/v1/catalog` for each new catalog
 /// (the emitter writes `emit.srv_file`). Building runs on a
 /// blocking thread: a catalog of thousands of services takes milliseconds to encode, which
-/// must not stall the runtime. The table is updated incrementally from the previous one; the
-/// SRV document follows in its own task, so that rendering it (tens of ms at thousands of
-/// instances) never holds up the next table. Ready once both reflect a catalog.
+/// must not stall the runtime. The table is updated incrementally from the previous one. The
+/// SRV document is not rendered here: `/v1/catalog` renders it when asked (`http::SrvDocument`)
+/// and the emitter when a file or template needs it, so a node nobody asks holds no copy.
 async fn follow_catalog(
     mut catalogs: consul::watch::CatalogRx,
     mut dns_configs: watch::Receiver<Arc<DnsConfig>>,
     domains: Vec<String>,
     table: Arc<ArcSwap<AnswerTable>>,
-    srv_data: Arc<ArcSwap<Bytes>>,
     readiness: Arc<Readiness>,
 ) {
-    let loaded = Arc::new(Loaded::default());
-    tokio::spawn(follow_srv_data(
-        catalogs.clone(),
-        dns_configs.clone(),
-        domains.first().cloned().unwrap_or_default(),
-        srv_data,
-        Arc::clone(&readiness),
-        Arc::clone(&loaded),
-    ));
     loop {
         let current: Option<Arc<Catalog>> = catalogs.borrow_and_update().clone();
         let dns = Arc::clone(&dns_configs.borrow_and_update());
@@ -430,75 +422,11 @@ async fn follow_catalog(
             })
             .await;
             match built {
-                Ok(()) => loaded.table_done(&readiness),
+                Ok(()) => readiness.catalog_loaded.store(true, Ordering::Release),
                 Err(e) => tracing::error!(error = %e, "building the answer table failed"),
             }
         }
         // A new catalog or new DNS knobs (reload): rebuild from the current pair.
-        let changed = tokio::select! {
-            c = catalogs.changed() => c.is_ok(),
-            d = dns_configs.changed() => d.is_ok(),
-        };
-        if !changed {
-            return;
-        }
-    }
-}
-
-/// Which of the table and the SRV document reflect a catalog yet.
-#[derive(Default)]
-struct Loaded {
-    table: std::sync::atomic::AtomicBool,
-    doc: std::sync::atomic::AtomicBool,
-}
-
-impl Loaded {
-    fn table_done(&self, readiness: &Readiness) {
-        self.table.store(true, Ordering::SeqCst);
-        if self.doc.load(Ordering::SeqCst) {
-            readiness.catalog_loaded.store(true, Ordering::Release);
-        }
-    }
-
-    fn doc_done(&self, readiness: &Readiness) {
-        self.doc.store(true, Ordering::SeqCst);
-        if self.table.load(Ordering::SeqCst) {
-            readiness.catalog_loaded.store(true, Ordering::Release);
-        }
-    }
-}
-
-/// Render the SRV data document for the latest catalog and DNS knobs (watch receivers:
-/// catalogs published during a render coalesce into one).
-async fn follow_srv_data(
-    mut catalogs: consul::watch::CatalogRx,
-    mut dns_configs: watch::Receiver<Arc<DnsConfig>>,
-    domain: String,
-    srv_data: Arc<ArcSwap<Bytes>>,
-    readiness: Arc<Readiness>,
-    loaded: Arc<Loaded>,
-) {
-    loop {
-        let current: Option<Arc<Catalog>> = catalogs.borrow_and_update().clone();
-        let dns = Arc::clone(&dns_configs.borrow_and_update());
-        if let Some(catalog) = current {
-            let domain = domain.clone();
-            let hint = srv_data.load().len();
-            let built = tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                let doc = SrvData::render_json(&catalog, &dns, &domain, hint);
-                tracing::debug!(took = ?started.elapsed(), bytes = doc.len(), "srv data rendered");
-                doc
-            })
-            .await;
-            match built {
-                Ok(doc) => {
-                    srv_data.store(Arc::new(Bytes::from(doc)));
-                    loaded.doc_done(&readiness);
-                }
-                Err(e) => tracing::error!(error = %e, "rendering the SRV data failed"),
-            }
-        }
         let changed = tokio::select! {
             c = catalogs.changed() => c.is_ok(),
             d = dns_configs.changed() => d.is_ok(),

@@ -1,9 +1,8 @@
 //! The HTTP endpoints: `/metrics`, `/health`, `/ready`, `/v1/catalog`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -13,6 +12,10 @@ use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
+use crate::config::DnsConfig;
+use crate::consul::Catalog;
+use crate::consul::watch::CatalogRx;
+use crate::emit::SrvData;
 use crate::server::Dispatcher;
 
 /// What `/ready` waits for: the listeners bound and the first complete catalog loaded.
@@ -33,8 +36,8 @@ pub struct HttpState {
     pub prometheus: PrometheusHandle,
     pub dispatcher: Arc<Dispatcher>,
     pub readiness: Arc<Readiness>,
-    /// The SRV data document of the current catalog, as served and written.
-    pub srv_data: Arc<ArcSwap<Bytes>>,
+    /// The SRV data document of the current catalog, rendered when asked for.
+    pub srv_document: Arc<SrvDocument>,
     /// Called at each scrape to refresh gauges that depend on the time of the scrape.
     pub before_scrape: Box<dyn Fn() + Send + Sync>,
 }
@@ -88,6 +91,56 @@ async fn catalog(State(state): State<Arc<HttpState>>) -> Response {
     if !state.readiness.catalog_loaded.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "no catalog yet\n").into_response();
     }
-    let body = Bytes::clone(&state.srv_data.load());
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    match state.srv_document.current().await {
+        Some(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no catalog yet\n").into_response(),
+    }
+}
+
+/// The SRV data document (`/v1/catalog`), rendered on request from the current catalog and DNS
+/// knobs and kept until either changes. At 50,000 instances the document is ~18 MB and takes
+/// tens of ms to render: doing it per catalog change, whether or not anyone asks, cost memory
+/// and delayed nothing useful (`benches/feed.rs`).
+pub struct SrvDocument {
+    catalogs: CatalogRx,
+    dns: watch::Receiver<Arc<DnsConfig>>,
+    domain: String,
+    cache: Mutex<Option<Rendered>>,
+}
+
+/// The last render and what it was rendered from (weak: an old catalog is not kept alive).
+type Rendered = (Weak<Catalog>, Weak<DnsConfig>, Bytes);
+
+impl SrvDocument {
+    pub fn new(catalogs: CatalogRx, dns: watch::Receiver<Arc<DnsConfig>>, domain: String) -> Self {
+        SrvDocument {
+            catalogs,
+            dns,
+            domain,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// The document of the current catalog; `None` before the first one.
+    pub async fn current(&self) -> Option<Bytes> {
+        let catalog = self.catalogs.borrow().clone()?;
+        let dns = Arc::clone(&self.dns.borrow());
+        if let Some((c, d, bytes)) = &*self.cache.lock().unwrap_or_else(|e| e.into_inner())
+            && Weak::ptr_eq(c, &Arc::downgrade(&catalog))
+            && Weak::ptr_eq(d, &Arc::downgrade(&dns))
+        {
+            return Some(bytes.clone());
+        }
+        let (c, d, domain) = (Arc::clone(&catalog), Arc::clone(&dns), self.domain.clone());
+        let doc = tokio::task::spawn_blocking(move || SrvData::render_json(&c, &d, &domain, 0))
+            .await
+            .ok()?;
+        let bytes = Bytes::from(doc);
+        *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((
+            Arc::downgrade(&catalog),
+            Arc::downgrade(&dns),
+            bytes.clone(),
+        ));
+        Some(bytes)
+    }
 }
