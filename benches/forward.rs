@@ -12,12 +12,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "load/machine.rs"]
+mod machine;
 #[path = "forward/mmsg.rs"]
 mod mmsg;
 
+use machine::{command, free_port, installed, pin_self};
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,46 +99,6 @@ fn main() {
             qps,
             sent.saturating_sub(answered)
         );
-    }
-}
-
-/// Pin this process (all threads) to core 0 and say whether it worked.
-fn pin_self() -> bool {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    cores >= 2
-        && Command::new("taskset")
-            .args(["-a", "-c", "-p", "0", &std::process::id().to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
-
-/// `cmd args...`, under `taskset -c 1` when pinned.
-fn command(pinned: bool, program: &str) -> Command {
-    if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "1", program]);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn installed(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
     }
 }
 
