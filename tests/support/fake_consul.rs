@@ -1072,42 +1072,13 @@ fn parse_params(query: &str) -> Params {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "index" => params.index = value.parse().unwrap_or(0),
-            "wait" => params.wait = parse_go_duration(value),
+            // The same Go-duration reader signpost uses for prepared-query TTLs.
+            "wait" => params.wait = signpost::consul::query::parse_go_duration(value),
             "passing" => params.passing = value != "false" && value != "0",
             _ => {}
         }
     }
     params
-}
-
-/// Parse a Go duration (`5m`, `10s`, `100ms`, `1m30s`, `1.5s`).
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let (num, tail) = rest.split_at(num_end);
-        let unit_end = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let n: f64 = num.parse().ok()?;
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += n * scale;
-        rest = tail;
-    }
-    Some(Duration::from_secs_f64(total))
 }
 
 fn percent_decode(s: &str) -> String {
