@@ -23,7 +23,7 @@ const TWO: [&str; 2] = [
     "web.service.consul. 0 IN A 10.0.0.1",
     "web.service.consul. 0 IN A 10.0.1.2",
 ];
-/// `web` on n1 critical.
+/// `web` on n1 gone or critical.
 const ONE: [&str; 1] = ["web.service.consul. 0 IN A 10.0.1.2"];
 
 /// `web` on n1 and n2, `db` on n2.
@@ -49,9 +49,24 @@ async fn web(dns: SocketAddr) -> Vec<String> {
     answer
 }
 
-/// Inject `faults`, turn web on n1 critical, and check that DNS keeps answering the whole old
-/// catalog for `old_for`, then shows the change within `within`; every fault is served.
+/// Inject `faults`, deregister web on n1, and check that DNS keeps answering the whole old
+/// catalog for `old_for`, then shows the change within `within`; every fault is served. (A
+/// deregistration needs the service read again: a status change alone is applied from the
+/// `/v1/health/state/any` answer and would not reach the `health_service` faults.)
 async fn survives(faults: &[(Option<&'static str>, Fault)], old_for: Duration, within: Duration) {
+    survives_change(faults, old_for, within, |fake| {
+        fake.deregister("n1", "web-8080")
+    })
+    .await;
+}
+
+/// [`survives`] with the change made by `change`.
+async fn survives_change(
+    faults: &[(Option<&'static str>, Fault)],
+    old_for: Duration,
+    within: Duration,
+    change: impl Fn(&FakeConsul),
+) {
     let fake = agent().await;
     let sp = Signpost::start(&toml(&fake)).await;
     sp.wait_ready().await;
@@ -59,7 +74,7 @@ async fn survives(faults: &[(Option<&'static str>, Fault)], old_for: Duration, w
     for (endpoint, fault) in faults {
         fake.inject(*endpoint, fault.clone());
     }
-    fake.set_check("n1", "web-8080", "critical");
+    change(&fake);
     let changed = Instant::now();
     while changed.elapsed() < old_for {
         assert_eq!(web(sp.dns).await, TWO, "changed during the fault");
@@ -111,6 +126,22 @@ async fn malformed_json_is_survived() {
         (Some("health_service"), Fault::Malformed),
     ];
     survives(&faults, Duration::ZERO, Duration::from_secs(5)).await;
+}
+
+/// A status change, applied from `/v1/health/state/any` without a service read, survives that
+/// endpoint failing every way in a row: 500, malformed JSON, a connection cut mid-body.
+#[tokio::test]
+async fn status_change_survives_state_faults() {
+    let faults = [
+        (
+            Some("health_state"),
+            Fault::Status(500, "No cluster leader".into()),
+        ),
+        (Some("health_state"), Fault::Malformed),
+        (Some("health_state"), Fault::CloseMidBody),
+    ];
+    let flip = |fake: &FakeConsul| fake.set_check("n1", "web-8080", "critical");
+    survives_change(&faults, Duration::ZERO, Duration::from_secs(5), flip).await;
 }
 
 /// A 429 means "slow down": the retry waits at least a second, the old answers meanwhile.
@@ -280,30 +311,29 @@ fn health(c: &Catalog, service: &str, node: &str) -> Option<Health> {
         .map(|e| e.health())
 }
 
-/// Two services change in one agent write and the fetch of one fails three times: no catalog
-/// with only one of the changes is ever published. The fetches are retried after backoffs of at
+/// Two services change in one agent write (an instance of each deregistered, so that both are
+/// read again) and the fetch of one fails three times: no catalog with only one of the changes
+/// is ever published. The fetches are retried after backoffs of at
 /// least 125 + 250 + 500 ms, and `web`'s fetch succeeded at the first attempt, so a
 /// half-updated catalog would have been published, and seen here, for most of a second.
 #[tokio::test]
 async fn partial_fetch_never_publishes() {
     let fake = agent().await;
+    fake.register("db", "n1", "10.0.0.1", "", 5433, &[]);
     let (mut rx, _task) = watch::spawn(&config(&fake, Duration::from_secs(2))).unwrap();
     first(&mut rx).await;
     for _ in 0..3 {
         fake.inject_service("db", Fault::Status(500, "rpc error".into()));
     }
-    fake.set_checks(&[
-        ("n1", "web-8080", "critical"),
-        ("n2", "db-5432", "critical"),
-    ]);
+    fake.deregister_all(&[("n1", "web-8080"), ("n2", "db-5432")]);
     let changed = Instant::now();
     let deadline = changed + Duration::from_secs(8);
     let mut seen = 0;
     loop {
         if let Some(c) = rx.borrow_and_update().clone() {
             seen += 1;
-            let web = health(&c, "web", "n1") == Some(Health::Critical);
-            let db = health(&c, "db", "n2") == Some(Health::Critical);
+            let web = health(&c, "web", "n1").is_none();
+            let db = health(&c, "db", "n2").is_none();
             assert_eq!(web, db, "a half-updated catalog was published");
             if web && db {
                 break;

@@ -101,12 +101,14 @@ async fn first_catalog_has_all_services() {
     assert!(watch::last_contact().is_some());
 }
 
-/// A check turning critical shows up in a new catalog within a second.
+/// A check turning critical shows up in a new catalog within a second, applied from the
+/// `/v1/health/state/any` answer itself: no service is read again.
 #[tokio::test]
 async fn critical_check_shows_up_within_a_second() {
     let fake = web_and_db().await;
     let (mut rx, _task) = watch::spawn(&agent(&fake)).unwrap();
     first(&mut rx).await;
+    let reads = fake.requests("health_service");
     fake.set_check("n1", "web-8080", "critical");
     let within = Duration::from_secs(1);
     let c = wait_for(
@@ -117,14 +119,21 @@ async fn critical_check_shows_up_within_a_second() {
     )
     .await;
     assert_eq!(health_of(&c, "web", "n2"), Some(Health::Passing));
+    assert_eq!(
+        fake.requests("health_service"),
+        reads,
+        "patched, not fetched"
+    );
 }
 
-/// A node check (serfHealth) turning critical marks every service on that node.
+/// A node check (serfHealth) turning critical marks every service on that node, also without
+/// reading them again.
 #[tokio::test]
 async fn node_check_marks_services_on_the_node() {
     let fake = web_and_db().await;
     let (mut rx, _task) = watch::spawn(&agent(&fake)).unwrap();
     first(&mut rx).await;
+    let reads = fake.requests("health_service");
     fake.set_check("n2", "", "critical");
     let c = wait_for(
         &mut rx,
@@ -137,6 +146,11 @@ async fn node_check_marks_services_on_the_node() {
     )
     .await;
     assert_eq!(health_of(&c, "web", "n1"), Some(Health::Passing));
+    assert_eq!(
+        fake.requests("health_service"),
+        reads,
+        "patched, not fetched"
+    );
 }
 
 /// A newly registered instance appears and a deregistered one disappears.
@@ -225,7 +239,7 @@ async fn agent_connection_limit_is_not_hit() {
 }
 
 /// A 500 ("No cluster leader") on every endpoint keeps the last catalog published, whole, and
-/// the feed recovers and picks up the change.
+/// the feed recovers and picks up the change (a registration: the service is read again).
 #[tokio::test]
 async fn status_500_keeps_last_catalog_and_recovers() {
     let fake = web_and_db().await;
@@ -237,10 +251,10 @@ async fn status_500_keeps_last_catalog_and_recovers() {
             Fault::Status(500, "No cluster leader".into()),
         );
     }
-    fake.set_check("n1", "web-8080", "critical");
+    fake.register("web", "n3", "10.0.0.3", "", 8080, &["v1"]);
     let whole = |c: &Catalog| assert_eq!(c.services.len(), 2, "a catalog lost services");
     wait_for(&mut rx, Duration::from_secs(5), whole, |c| {
-        health_of(c, "web", "n1") == Some(Health::Critical)
+        health_of(c, "web", "n3") == Some(Health::Passing)
     })
     .await;
     assert!(fake.pending_faults() <= 2, "faults were served");
@@ -254,10 +268,10 @@ async fn malformed_json_keeps_last_catalog_and_recovers() {
     first(&mut rx).await;
     fake.inject(Some("health_service"), Fault::Malformed);
     fake.inject(Some("health_state"), Fault::Malformed);
-    fake.set_check("n2", "db-5432", "warning");
+    fake.register("db", "n3", "10.0.0.3", "", 5432, &[]);
     let whole = |c: &Catalog| assert_eq!(c.services.len(), 2, "a catalog lost services");
     wait_for(&mut rx, Duration::from_secs(5), whole, |c| {
-        health_of(c, "db", "n2") == Some(Health::Warning)
+        health_of(c, "db", "n3") == Some(Health::Passing)
     })
     .await;
     assert_eq!(fake.pending_faults(), 0);
@@ -271,12 +285,12 @@ async fn closed_mid_body_recovers() {
     let (mut rx, _task) = watch::spawn(&agent(&fake)).unwrap();
     first(&mut rx).await;
     fake.inject(Some("health_service"), Fault::CloseMidBody);
-    fake.set_check("n1", "web-8080", "warning");
+    fake.register("web", "n3", "10.0.0.3", "", 8080, &["v1"]);
     wait_for(
         &mut rx,
         Duration::from_secs(5),
         |_| {},
-        |c| health_of(c, "web", "n1") == Some(Health::Warning),
+        |c| health_of(c, "web", "n3") == Some(Health::Passing),
     )
     .await;
     assert_eq!(fake.pending_faults(), 0);

@@ -19,6 +19,10 @@
 //! Every request goes through [`Client`], whose semaphore bounds requests in flight to
 //! `max_connections` whatever the number of services.
 //!
+//! A check whose status flipped needs no fetch at all: the `/v1/health/state/any` answer that
+//! reported it carries the new status, and the service's stored entries are patched from it
+//! when that gives exactly what the answer describes (see [`checks`]).
+//!
 //! # Publishing
 //!
 //! A catalog is published only when it is complete: after the three loops answered once, every
@@ -32,16 +36,14 @@
 //! [`last_contact`] (a process-wide static, see [`super::client`]) is the time of the last
 //! successful answer from the agent; the HTTP layer derives `consul_catalog_age_seconds` from it.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::BuildHasher;
+use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foldhash::fast::{FixedState, RandomState};
 use rand::Rng;
-use serde::de::{self, DeserializeOwned, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -53,6 +55,7 @@ use super::catalog::{self, Catalog, Health, HealthEntry, Node, PreparedQuery};
 use super::client::{Blocking, Client, ConsulError, Meta, TlsFiles, encode_segment};
 use crate::config::{ConsulConfig, ConsulSource};
 use crate::metrics::{CONSUL_INSTANCES, CONSUL_SERVICES, CONSUL_WATCH_ERRORS_TOTAL};
+use checks::{CheckPrints, CheckRead, CheckReader, Rows};
 
 pub use super::client::last_contact;
 
@@ -84,7 +87,7 @@ const PROBE_WAIT: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 enum Event {
     Services(BTreeMap<String, Vec<String>>, u64),
-    Checks(CheckPrints, u64),
+    Checks(CheckRead, u64),
     Nodes(Vec<Node>, u64),
 }
 
@@ -105,6 +108,10 @@ enum Step {
 enum Fetch {
     /// Known to have changed: a plain read.
     Now,
+    /// Only its checks' statuses may have changed: patched from the rows of the
+    /// `/v1/health/state/any` answers when they did ([`checks::patch`]), else read like
+    /// [`Fetch::Now`].
+    Checks,
     /// Might have changed: a blocking read at its last index with [`PROBE_WAIT`].
     Probe,
 }
@@ -131,17 +138,6 @@ struct Fetched {
     foreign_nodes: bool,
 }
 
-/// Check states, for telling which services a `/v1/health/state/any` change touches: one
-/// 64-bit fingerprint per service (of its service checks' node, check ID, service ID and
-/// status) and per node (of its node checks). Parsed straight from the response body (see the
-/// `Deserialize` impl) without keeping the checks, so that a change costs a hash pass over
-/// the body, not a copy of every check.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct CheckPrints {
-    services: HashMap<String, u64, RandomState>,
-    nodes: HashMap<String, u64, RandomState>,
-}
-
 /// The builder: everything known so far, and what still has to be fetched.
 struct Feed {
     client: Client,
@@ -154,6 +150,8 @@ struct Feed {
     nodes: Option<(BTreeMap<String, Arc<Node>>, u64)>,
     fetched: BTreeMap<String, Fetched>,
     dirty: BTreeMap<String, Fetch>,
+    /// Checks changed in the `/v1/health/state/any` answers since the last patch.
+    rows: Rows,
     queries: Option<Arc<[PreparedQuery]>>,
     queries_index: u64,
     queries_forbidden_logged: bool,
@@ -267,6 +265,7 @@ async fn run(client: Client, settings: Settings, tx: CatalogTx) {
         "/v1/catalog/services",
         wait,
         events_tx.clone(),
+        Json::default(),
         Event::Services,
     ));
     loops.spawn(blocking_loop(
@@ -274,6 +273,7 @@ async fn run(client: Client, settings: Settings, tx: CatalogTx) {
         "/v1/health/state/any",
         wait,
         events_tx.clone(),
+        CheckReader::default(),
         Event::Checks,
     ));
     loops.spawn(blocking_loop(
@@ -281,6 +281,7 @@ async fn run(client: Client, settings: Settings, tx: CatalogTx) {
         "/v1/catalog/nodes",
         wait,
         events_tx,
+        Json::default(),
         Event::Nodes,
     ));
     let mut feed = Feed::new(client, settings, tx);
@@ -291,19 +292,23 @@ async fn run(client: Client, settings: Settings, tx: CatalogTx) {
 
 /// One blocking query held in a loop, following the index rules; sends every change to the
 /// builder. Returns when the builder is gone.
-async fn blocking_loop<T: DeserializeOwned + Send + 'static>(
+async fn blocking_loop<R: Reader>(
     client: Client,
     path: &'static str,
     wait: Duration,
     events: mpsc::Sender<Event>,
-    wrap: fn(T, u64) -> Event,
+    mut reader: R,
+    wrap: fn(R::Out, u64) -> Event,
 ) {
     let mut index = 0;
     let mut streak = Streak::new(path);
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        match get_parsed::<T>(&client, path, Blocking { index, wait }).await {
+        let (read, back) = get_parsed(&client, path, Blocking { index, wait }, reader).await;
+        // A parse that panicked loses the reader's memory of the last body: start afresh.
+        reader = back.unwrap_or_default();
+        match read {
             Ok((body, meta)) => {
                 streak.ok();
                 backoff.reset();
@@ -336,26 +341,63 @@ async fn blocking_loop<T: DeserializeOwned + Send + 'static>(
     }
 }
 
-/// Like [`Client::get_json`], parsing the body on the blocking pool: `/v1/health/state/any`
-/// is megabytes at thousands of services, and parsing it on the runtime held up service
-/// fetches and the publish behind it.
-async fn get_parsed<T: DeserializeOwned + Send + 'static>(
+/// Turns a response body into what a loop sends; may remember something of the last body.
+trait Reader: Default + Send + 'static {
+    type Out: Send + 'static;
+    fn read(&mut self, body: &[u8]) -> Result<Self::Out, serde_json::Error>;
+}
+
+/// A plain JSON body.
+struct Json<T>(PhantomData<fn() -> T>);
+
+impl<T> Default for Json<T> {
+    fn default() -> Self {
+        Json(PhantomData)
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> Reader for Json<T> {
+    type Out = T;
+    fn read(&mut self, body: &[u8]) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+}
+
+impl Reader for CheckReader {
+    type Out = CheckRead;
+    fn read(&mut self, body: &[u8]) -> Result<CheckRead, serde_json::Error> {
+        CheckReader::read(self, body)
+    }
+}
+
+/// Like [`Client::get_json`], reading the body with `reader` on the blocking pool:
+/// `/v1/health/state/any` is megabytes at thousands of services, and parsing it on the
+/// runtime held up service fetches and the publish behind it. Gives the reader back (`None`
+/// if the parse panicked).
+async fn get_parsed<R: Reader>(
     client: &Client,
     path: &'static str,
     query: Blocking,
-) -> Result<(T, Meta), ConsulError> {
-    let (bytes, meta) = client.get_bytes(path, query).await?;
-    let parsed = tokio::task::spawn_blocking(move || serde_json::from_slice::<T>(&bytes))
-        .await
-        .map_err(|e| ConsulError::Decode {
-            path: path.to_string(),
-            reason: e.to_string(),
-        })?;
-    let value = parsed.map_err(|e| ConsulError::Decode {
+    mut reader: R,
+) -> (Result<(R::Out, Meta), ConsulError>, Option<R>) {
+    let (bytes, meta) = match client.get_bytes(path, query).await {
+        Ok(got) => got,
+        Err(e) => return (Err(e), Some(reader)),
+    };
+    let joined = tokio::task::spawn_blocking(move || {
+        let read = reader.read(&bytes);
+        (read, reader)
+    })
+    .await;
+    let decode = |reason: String| ConsulError::Decode {
         path: path.to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok((value, meta))
+        reason,
+    };
+    match joined {
+        Ok((Ok(value), reader)) => (Ok((value, meta)), Some(reader)),
+        Ok((Err(e), reader)) => (Err(decode(e.to_string())), Some(reader)),
+        Err(e) => (Err(decode(e.to_string())), None),
+    }
 }
 
 /// The index rules of `reference/consul-dns.md` §7.4, returning what the answer means and the
@@ -397,6 +439,7 @@ impl Feed {
             nodes: None,
             fetched: BTreeMap::new(),
             dirty: BTreeMap::new(),
+            rows: Rows::default(),
             queries: None,
             queries_index: 0,
             queries_forbidden_logged: false,
@@ -488,10 +531,11 @@ impl Feed {
         }
         let started = Instant::now();
         let dirty = self.dirty.len();
+        let patched = self.patch_checks();
         if !self.dirty.is_empty() {
             self.fetch_dirty().await?;
         }
-        tracing::debug!(dirty, took = ?started.elapsed(), "fetched");
+        tracing::debug!(dirty, patched, took = ?started.elapsed(), "fetched");
         if self.queries.is_none() {
             self.poll_queries().await?;
         }
@@ -540,7 +584,7 @@ impl Feed {
     fn apply_event(&mut self, ev: Event) {
         match ev {
             Event::Services(services, index) => self.apply_services(services, index),
-            Event::Checks(prints, index) => self.apply_checks(prints, index),
+            Event::Checks(read, index) => self.apply_checks(read, index),
             Event::Nodes(nodes, index) => self.apply_nodes(nodes, index),
         }
     }
@@ -563,14 +607,19 @@ impl Feed {
         {
             // The index moved but the names and tags did not: an instance was registered or
             // removed somewhere. Probe every service; unchanged ones return after PROBE_WAIT.
+            // A probe also sees a check change, and more than a patch would.
             for name in self.fetched.keys() {
-                self.dirty.entry(name.clone()).or_insert(Fetch::Probe);
+                let how = self.dirty.entry(name.clone()).or_insert(Fetch::Probe);
+                if *how == Fetch::Checks {
+                    *how = Fetch::Probe;
+                }
             }
         }
         self.services = Some((services, index));
     }
 
-    fn apply_checks(&mut self, prints: CheckPrints, index: u64) {
+    fn apply_checks(&mut self, read: CheckRead, index: u64) {
+        let CheckRead { prints, rows } = read;
         if let Some((old, _)) = &self.checks {
             let mut touched: BTreeSet<String> = BTreeSet::new();
             for name in old.services.keys().chain(prints.services.keys()) {
@@ -586,8 +635,11 @@ impl Feed {
                 .map(String::as_str)
                 .collect();
             touched.extend(self.services_on(&nodes));
-            self.mark_dirty(touched);
+            self.mark_dirty(touched, Fetch::Checks);
         }
+        // Rows given up: the patch of what is marked fails its fingerprint check and the
+        // service is fetched.
+        checks::keep_rows(&mut self.rows, rows.unwrap_or_default());
         self.checks = Some((prints, index));
     }
 
@@ -613,7 +665,7 @@ impl Feed {
                 .map(String::as_str)
                 .collect();
             let touched = self.services_on(&changed);
-            self.mark_dirty(touched);
+            self.mark_dirty(touched, Fetch::Now);
         }
         self.nodes = Some((nodes, index));
     }
@@ -634,17 +686,56 @@ impl Feed {
             .collect()
     }
 
-    fn mark_dirty(&mut self, names: BTreeSet<String>) {
+    /// Mark `names` to be fetched `how`. [`Fetch::Checks`] never replaces a fetch already
+    /// asked for, and needs entries to patch.
+    fn mark_dirty(&mut self, names: BTreeSet<String>, how: Fetch) {
         for name in names {
             // A service the catalog does not list (yet) comes with the next services event.
             let listed = self
                 .services
                 .as_ref()
                 .is_some_and(|(s, _)| s.contains_key(&name));
-            if listed {
+            if !listed {
+                continue;
+            }
+            if how == Fetch::Checks && self.fetched.contains_key(&name) {
+                self.dirty.entry(name).or_insert(Fetch::Checks);
+            } else {
                 self.dirty.insert(name, Fetch::Now);
             }
         }
+    }
+
+    /// Apply the checks changed in the `/v1/health/state/any` answers to the services
+    /// marked [`Fetch::Checks`]; those that do not then match the latest answer's fingerprints
+    /// become [`Fetch::Now`]. Returns how many were patched.
+    fn patch_checks(&mut self) -> usize {
+        let rows = std::mem::take(&mut self.rows);
+        let Some((prints, _)) = &self.checks else {
+            return 0;
+        };
+        let mut patched = 0;
+        for (name, how) in &mut self.dirty {
+            if *how != Fetch::Checks {
+                continue;
+            }
+            let Some(old) = self.fetched.get_mut(name) else {
+                *how = Fetch::Now;
+                continue;
+            };
+            match checks::patch(name, &old.entries, &rows, prints) {
+                Some(entries) => {
+                    patched += 1;
+                    // The index stays the service's own, for probes of it.
+                    if *old.entries != *entries {
+                        old.entries = entries.into();
+                    }
+                }
+                None => *how = Fetch::Now,
+            }
+        }
+        self.dirty.retain(|_, how| *how != Fetch::Checks);
+        patched
     }
 
     /// Fetch every dirty service, at most `max_connections` at a time. Services fetched are
@@ -656,7 +747,7 @@ impl Feed {
             .iter()
             .map(|(name, how)| {
                 let query = match how {
-                    Fetch::Now => Blocking::default(),
+                    Fetch::Now | Fetch::Checks => Blocking::default(),
                     Fetch::Probe => Blocking {
                         index: self.fetched.get(name).map_or(0, |f| f.index),
                         wait: PROBE_WAIT,
@@ -860,128 +951,6 @@ fn record_error(e: &ConsulError) {
     metrics::counter!(CONSUL_WATCH_ERRORS_TOTAL, "reason" => e.reason()).increment(1);
 }
 
-// === impl CheckPrints ===
-
-impl CheckPrints {
-    /// Fingerprints of `checks` (tests; the feed parses them straight from the body).
-    #[cfg(test)]
-    fn new(checks: &[Check]) -> CheckPrints {
-        let mut prints = CheckPrints::default();
-        for c in checks {
-            prints.add(
-                &c.node,
-                &c.check_id,
-                &c.status,
-                &c.service_id,
-                &c.service_name,
-            );
-        }
-        prints
-    }
-
-    /// Fold one check into its service's or its node's fingerprint. The fold is a sum of
-    /// per-check hashes, so the order of checks in the body does not matter.
-    fn add(&mut self, node: &str, check_id: &str, status: &str, service_id: &str, service: &str) {
-        let hasher = FixedState::with_seed(0x5161_6e70_6f73_7400);
-        if service_id.is_empty() {
-            let h = hasher.hash_one((check_id, status));
-            bump(&mut self.nodes, node, h);
-        } else {
-            let h = hasher.hash_one((node, check_id, service_id, status));
-            bump(&mut self.services, service, h);
-        }
-    }
-}
-
-/// Add `h` to the fingerprint of `key`, allocating the key only the first time it is seen.
-fn bump(map: &mut HashMap<String, u64, RandomState>, key: &str, h: u64) {
-    match map.get_mut(key) {
-        Some(v) => *v = v.wrapping_add(h),
-        None => {
-            map.insert(key.to_string(), h);
-        }
-    }
-}
-
-/// A string field borrowed from the body when it has no escapes; `null` reads as "".
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string or null")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Borrowed("")))
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Text<'a>, E> {
-                Ok(Text(Cow::Borrowed("")))
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-impl Default for Text<'_> {
-    fn default() -> Self {
-        Text(Cow::Borrowed(""))
-    }
-}
-
-/// One element of `/v1/health/state/any`: only what the fingerprints need, borrowed.
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct CheckRef<'a> {
-    #[serde(borrow, default)]
-    node: Text<'a>,
-    #[serde(rename = "CheckID", borrow, default)]
-    check_id: Text<'a>,
-    #[serde(borrow, default)]
-    status: Text<'a>,
-    #[serde(rename = "ServiceID", borrow, default)]
-    service_id: Text<'a>,
-    #[serde(borrow, default)]
-    service_name: Text<'a>,
-}
-
-impl<'de> Deserialize<'de> for CheckPrints {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = CheckPrints;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of checks")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<CheckPrints, A::Error> {
-                let mut prints = CheckPrints::default();
-                while let Some(c) = seq.next_element::<CheckRef<'de>>()? {
-                    prints.add(
-                        &c.node.0,
-                        &c.check_id.0,
-                        &c.status.0,
-                        &c.service_id.0,
-                        &c.service_name.0,
-                    );
-                }
-                Ok(prints)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<CheckPrints, E> {
-                Ok(CheckPrints::default())
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
 // === impl Streak ===
 
 impl Streak {
@@ -1043,6 +1012,7 @@ fn backoff_delay(failures: u32, slow_down: bool, permille: u64) -> Duration {
     half + half.mul_f64(permille.min(1000) as f64 / 1000.0)
 }
 
+mod checks;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;

@@ -67,6 +67,14 @@ pub fn spawn(
         .collect();
     let (data_tx, data_rx) = watch::channel(None);
     let mut loops = JoinSet::new();
+    if config.srv_file.is_none() && config.templates.is_empty() {
+        // Nothing to write: building the document for every catalog would cost a copy of
+        // every instance per change for nobody (`/v1/catalog` renders its own on request).
+        return Emitter {
+            handle: tokio::spawn(async {}),
+            counts,
+        };
+    }
     loops.spawn(
         data_loop(
             catalogs,

@@ -18,7 +18,9 @@ use crate::consul::catalog::{Catalog, Health, HealthEntry, Node};
 use crate::consul::name::{self, ConsulName, Locality};
 use crate::wire::{self, rtype};
 
-pub(super) type Map<V> = HashMap<Box<[u8]>, V, RandomState>;
+/// Keys are shared (`Arc`), so that an update copies a map of thousands of names without
+/// copying the names.
+pub(super) type Map<V> = HashMap<Arc<[u8]>, V, RandomState>;
 
 /// How deep host names under the Consul domain are followed (Consul: 3, "Infinite recursion
 /// detected" beyond).
@@ -78,6 +80,11 @@ pub(super) struct AnswerSet {
     pub(super) tags: Map<Lists>,
 }
 
+/// One service's entries in the catalog.
+type Entries<'a> = &'a Arc<[HealthEntry]>;
+/// Lowercase service name → the entries of every spelling of it.
+type Folded<'a> = HashMap<Cow<'a, str>, Vec<Entries<'a>>, RandomState>;
+
 /// What the encoders need to know about the whole catalog: the services by lowercase name and
 /// the nodes, to follow host names inside the Consul domain. Cheap to make: the instances DNS
 /// may answer are filtered per service on demand, so that an incremental update of the table
@@ -90,8 +97,9 @@ pub(super) struct Context<'a> {
     pub(super) domain: &'a str,
     pub(super) dns: &'a DnsConfig,
     /// Lowercase service name → its entries under every spelling (Consul's index is
-    /// case-insensitive), in catalog order.
-    services: HashMap<Cow<'a, str>, Vec<&'a Arc<[HealthEntry]>>, RandomState>,
+    /// case-insensitive), in catalog order; `None` when every name is lowercase already (the
+    /// usual case), and the catalog's own map serves as the index without a copy.
+    folded: Option<Folded<'a>>,
     catalog: &'a Catalog,
     /// Lowercase node name → node, made on first use (only host-name chains need it).
     nodes: OnceCell<HashMap<String, &'a Arc<Node>, RandomState>>,
@@ -107,22 +115,26 @@ impl<'a> Context<'a> {
         domain: &'a str,
         dns: &'a DnsConfig,
     ) -> Context<'a> {
-        let mut services: HashMap<Cow<'a, str>, Vec<&'a Arc<[HealthEntry]>>, RandomState> =
-            HashMap::with_capacity_and_hasher(catalog.services.len(), RandomState::default());
-        for (name, entries) in &catalog.services {
-            let key = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                Cow::Owned(name.to_ascii_lowercase())
-            } else {
-                Cow::Borrowed(name.as_str())
-            };
-            services.entry(key).or_default().push(entries);
-        }
+        let upper = |name: &String| name.bytes().any(|b| b.is_ascii_uppercase());
+        let folded = catalog.services.keys().any(upper).then(|| {
+            let mut services: Folded<'a> =
+                HashMap::with_capacity_and_hasher(catalog.services.len(), RandomState::default());
+            for (name, entries) in &catalog.services {
+                let key = if upper(name) {
+                    Cow::Owned(name.to_ascii_lowercase())
+                } else {
+                    Cow::Borrowed(name.as_str())
+                };
+                services.entry(key).or_default().push(entries);
+            }
+            services
+        });
         Context {
             datacenter,
             domains,
             domain,
             dns,
-            services,
+            folded,
             catalog,
             nodes: OnceCell::new(),
         }
@@ -133,10 +145,13 @@ impl<'a> Context<'a> {
         &self,
         service: &str,
     ) -> impl Iterator<Item = &'a HealthEntry> + '_ {
-        self.services
-            .get(service)
+        let (plain, folded): (Option<Entries<'a>>, &[Entries<'a>]) = match &self.folded {
+            Some(map) => (None, map.get(service).map_or(&[][..], Vec::as_slice)),
+            None => (self.catalog.services.get(service), &[]),
+        };
+        plain
             .into_iter()
-            .flatten()
+            .chain(folded.iter().copied())
             .flat_map(|entries| entries.iter())
     }
 
@@ -149,12 +164,20 @@ impl<'a> Context<'a> {
 
     /// Whether the catalog has `service` (lowercase) under any spelling.
     pub(super) fn has_service(&self, service: &str) -> bool {
-        self.services.contains_key(service)
+        match &self.folded {
+            Some(map) => map.contains_key(service),
+            None => self.catalog.services.contains_key(service),
+        }
     }
 
     /// The lowercase names of every service, once each.
     pub(super) fn service_keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.services.keys().map(|k| k.as_ref())
+        let folded = self
+            .folded
+            .iter()
+            .flat_map(|map| map.keys().map(|k| k.as_ref()));
+        let plain = self.folded.is_none().then(|| self.catalog.services.keys());
+        folded.chain(plain.into_iter().flatten().map(String::as_str))
     }
 
     fn node(&self, lower: &str) -> Option<&'a Arc<Node>> {
@@ -268,7 +291,7 @@ impl AnswerSet {
         let untagged = Lists::build(&serving, &instances, &all);
         let mut tags = Map::with_hasher(RandomState::default());
         if by_tag {
-            let mut members: BTreeMap<Box<[u8]>, Vec<u32>> = BTreeMap::new();
+            let mut members: BTreeMap<Arc<[u8]>, Vec<u32>> = BTreeMap::new();
             for (i, e) in serving.iter().enumerate() {
                 for tag in &e.service.tags {
                     let list = members.entry(lower_key(tag)).or_default();
@@ -720,8 +743,8 @@ pub fn hex_ip(ip: IpAddr) -> String {
     })
 }
 
-pub(super) fn lower_key(s: &str) -> Box<[u8]> {
-    s.to_ascii_lowercase().into_bytes().into_boxed_slice()
+pub(super) fn lower_key(s: &str) -> Arc<[u8]> {
+    Arc::from(s.to_ascii_lowercase().into_bytes())
 }
 
 pub(super) fn span(start: usize, end: usize) -> Span {

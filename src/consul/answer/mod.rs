@@ -37,7 +37,7 @@ use encode::{AnswerSet, Context, Kind, Map, NodeAnswers, lower_key, names_a_host
 pub use encode::{answers_dns, encode_meta_txt, hex_ip, srv_target, srv_weight};
 
 /// A set of lowercase service names.
-type Keys = HashSet<Box<[u8]>, RandomState>;
+type Keys = HashSet<Arc<[u8]>, RandomState>;
 
 /// What one request got, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -638,20 +638,23 @@ impl Changes {
                 .iter()
                 .any(|e| e.service.address.parse::<IpAddr>().is_ok());
         };
+        // Both maps are sorted by name: one merge pass, no lookups.
+        let mut olds = old.services.iter().peekable();
         for (name, entries) in &new.services {
-            match old.services.get(name) {
-                Some(prev) if Arc::ptr_eq(prev, entries) => {}
-                Some(prev) => {
+            while let Some((gone, prev)) = olds.next_if(|(o, _)| *o < name) {
+                note(gone, prev);
+            }
+            match olds.next_if(|(o, _)| *o == name) {
+                Some((_, prev)) if Arc::ptr_eq(prev, entries) => {}
+                Some((_, prev)) => {
                     note(name, prev);
                     note(name, entries);
                 }
                 None => note(name, entries),
             }
         }
-        for (name, entries) in &old.services {
-            if !new.services.contains_key(name) {
-                note(name, entries);
-            }
+        for (gone, prev) in olds {
+            note(gone, prev);
         }
         let nodes = old.nodes.len() != new.nodes.len()
             || old
@@ -729,7 +732,7 @@ impl DomainAnswers {
         for (names, rendered) in queries.fixed() {
             let answers = Arc::new(PreparedAnswers::build(cx, &rendered));
             for name in names {
-                prepared.insert(name.into_bytes().into_boxed_slice(), Arc::clone(&answers));
+                prepared.insert(Arc::from(name.into_bytes()), Arc::clone(&answers));
             }
         }
         DomainAnswers {

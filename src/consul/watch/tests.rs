@@ -246,7 +246,17 @@ fn token_from_file_else_environment() {
 }
 
 fn checks_event(checks: Vec<Check>, index: u64) -> Event {
-    Event::Checks(CheckPrints::new(&checks), index)
+    // The rows a reader would give for a body that differs from the last in these checks.
+    let rows = checks
+        .iter()
+        .map(|c| serde_json::to_vec(&[c]).unwrap())
+        .flat_map(|body| CheckReader::default().read(&body).unwrap().rows.unwrap())
+        .collect();
+    let read = CheckRead {
+        prints: CheckPrints::new(&checks),
+        rows: Some(rows),
+    };
+    Event::Checks(read, index)
 }
 
 /// `/v1/health/state/any` parses straight into fingerprints that tell a status change, and
@@ -271,4 +281,73 @@ fn check_prints_parse_from_the_body() {
     assert_eq!(pa.nodes, pb.nodes);
     let null: CheckPrints = serde_json::from_str("null").unwrap();
     assert_eq!(null, CheckPrints::default());
+}
+
+/// `settled()` with each instance carrying its passing service check, as the agent returns it.
+fn settled_with_checks() -> Feed {
+    let mut f = settled();
+    for (name, node) in [("web", "n1"), ("db", "n2")] {
+        let mut e = entry(node, name);
+        e.checks = vec![check(node, name, "passing")];
+        let meta = Meta {
+            index: 6,
+            ..Meta::default()
+        };
+        f.store(name.into(), Blocking::default(), vec![e], meta);
+    }
+    f
+}
+
+fn status_of(f: &Feed, service: &str) -> String {
+    f.fetched[service].entries[0].checks[0].status.clone()
+}
+
+/// A status change is applied from the state/any body itself: nothing left to fetch, and the
+/// other service keeps its entries (the same `Arc`).
+#[tokio::test]
+async fn status_change_is_patched_without_a_fetch() {
+    let mut f = settled_with_checks();
+    let db = Arc::clone(&f.fetched["db"].entries);
+    f.apply(checks_event(
+        vec![check("n1", "web", "critical"), check("n2", "db", "passing")],
+        7,
+    ));
+    assert_eq!(f.dirty.get("web"), Some(&Fetch::Checks));
+    assert_eq!(f.patch_checks(), 1);
+    assert!(f.dirty.is_empty());
+    assert_eq!(status_of(&f, "web"), "critical");
+    assert!(Arc::ptr_eq(&db, &f.fetched["db"].entries));
+    assert!(f.publish());
+}
+
+/// A check of an unknown instance (a registration) is not patched: the service is fetched.
+#[tokio::test]
+async fn new_instance_check_is_fetched_not_patched() {
+    let mut f = settled_with_checks();
+    let mut extra = check("n3", "web", "passing");
+    extra.service_id = "web-2".into();
+    f.apply(checks_event(
+        vec![
+            check("n1", "web", "passing"),
+            extra,
+            check("n2", "db", "passing"),
+        ],
+        7,
+    ));
+    assert_eq!(f.patch_checks(), 0);
+    assert_eq!(f.dirty.get("web"), Some(&Fetch::Now));
+    assert_eq!(status_of(&f, "web"), "passing");
+}
+
+/// A probe asked for by a services change wins over a patch.
+#[test]
+fn probe_replaces_a_pending_patch() {
+    let mut f = settled_with_checks();
+    f.apply(checks_event(
+        vec![check("n1", "web", "critical"), check("n2", "db", "passing")],
+        7,
+    ));
+    f.apply(Event::Services(services(&["web", "db"]), 8));
+    assert_eq!(f.dirty.get("web"), Some(&Fetch::Probe));
+    assert_eq!(f.dirty.get("db"), Some(&Fetch::Probe));
 }
