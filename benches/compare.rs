@@ -13,8 +13,8 @@
 //! (`signpost::server::mmsg`) answering every query with one fixed reply (the A answer, ID
 //! patched): the floor of the kernel path for that loop.
 //!
-//! Rounds alternate servers (signpost, unbound, dnsmasq, echo; three times); each cell is the
-//! median of the three. Per server and round: max rate for A (closed loop, 128 outstanding),
+//! Rounds alternate servers (signpost, unbound, dnsmasq, echo; five times); each cell is the
+//! median of the five. Per server and round: max rate for A (closed loop, 128 outstanding),
 //! max rate for SRV, a fixed 50k qps of A, and a fixed rate of half signpost's max of that
 //! round (for the p99 comparison with the echo floor). Server CPU is read from
 //! `/proc/<pid>/stat` (utime + stime, 10 ms ticks) before and after each phase.
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use generator::{Report, Spec};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const MAX_RUN: Duration = Duration::from_secs(2);
 const SRV_RUN: Duration = Duration::from_millis(1500);
 const FIXED_RUN: Duration = Duration::from_millis(1500);
