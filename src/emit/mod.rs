@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -35,7 +36,9 @@ use crate::consul::catalog::{Catalog, Health, HealthEntry};
 pub struct SrvData {
     pub datacenter: String,
     pub index: u64,
-    pub services: BTreeMap<String, Vec<SrvInstance>>,
+    /// Each service's list is shared between successive documents while its entries in the
+    /// catalog are (see [`SrvData::update`]).
+    pub services: BTreeMap<String, Arc<Vec<SrvInstance>>>,
 }
 
 /// One instance: what DNS answers (`role = "active"`), or a filter-tagged standby that DNS
@@ -61,14 +64,56 @@ impl SrvData {
     /// `only_passing`, warning ones too, as DNS would. `domain` is the primary domain, lowercase
     /// dotted without the final dot.
     pub fn build(catalog: &Catalog, dns: &DnsConfig, domain: &str) -> SrvData {
+        Self::make(None, catalog, dns, domain)
+    }
+
+    /// [`SrvData::build`] for `catalog`, reusing the instance list of every service whose
+    /// entries are the same `Arc` as in `prev_catalog` (the watcher shares unchanged services
+    /// between catalogs), from `prev`, which was built from `prev_catalog` with the same `dns`
+    /// and `domain`. A change of one service at 50,000 instances then costs that service, not
+    /// a copy of every instance.
+    pub fn update(
+        prev: &SrvData,
+        prev_catalog: &Catalog,
+        catalog: &Catalog,
+        dns: &DnsConfig,
+        domain: &str,
+    ) -> SrvData {
+        let same_dc =
+            prev.datacenter == catalog.datacenter && prev_catalog.datacenter == catalog.datacenter;
+        Self::make(
+            same_dc.then_some((prev, prev_catalog)),
+            catalog,
+            dns,
+            domain,
+        )
+    }
+
+    fn make(
+        prev: Option<(&SrvData, &Catalog)>,
+        catalog: &Catalog,
+        dns: &DnsConfig,
+        domain: &str,
+    ) -> SrvData {
         let services = catalog
             .services
             .iter()
             .map(|(name, entries)| {
-                let instances = entries
-                    .iter()
-                    .filter_map(|e| SrvInstance::of(e, dns, domain, &catalog.datacenter))
-                    .collect();
+                let reused = prev.and_then(|(doc, old)| {
+                    let same = old
+                        .services
+                        .get(name)
+                        .is_some_and(|o| Arc::ptr_eq(o, entries));
+                    same.then(|| doc.services.get(name).cloned()).flatten()
+                });
+                let instances = reused.unwrap_or_else(|| {
+                    Arc::new(
+                        entries
+                            .iter()
+                            .filter_map(|e| SrvInstance::of(e, dns, domain, &catalog.datacenter))
+                            .collect(),
+                    )
+                });
                 (name.clone(), instances)
             })
             .collect();
@@ -296,6 +341,45 @@ mod tests {
         let back: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(back["services"]["db"][1]["role"], "standby");
+    }
+
+    /// An update equals a full build of the new catalog, shares the lists of services whose
+    /// entries did not change, and rebuilds the changed and the new ones.
+    #[test]
+    fn update_reuses_unchanged_services() {
+        let before = catalog(vec![
+            entry("n1", "10.0.0.1", "db", "", 5432),
+            entry("n1", "10.0.0.1", "api", "", 80),
+        ]);
+        let mut after = before.clone();
+        let mut critical = entry("n1", "10.0.0.1", "api", "", 80);
+        critical.checks.push(crate::consul::catalog::Check {
+            status: "critical".into(),
+            ..Default::default()
+        });
+        after
+            .services
+            .insert("api".into(), Arc::from(vec![critical]));
+        after.services.insert(
+            "web".into(),
+            Arc::from(vec![entry("n2", "10.0.0.2", "web", "", 8080)]),
+        );
+        let dns = dns_config();
+        let old = SrvData::build(&before, &dns, "consul");
+        let new = SrvData::update(&old, &before, &after, &dns, "consul");
+        assert_eq!(new, SrvData::build(&after, &dns, "consul"));
+        assert!(Arc::ptr_eq(&old.services["db"], &new.services["db"]));
+        assert!(
+            new.services["api"].is_empty(),
+            "rebuilt: the instance is critical"
+        );
+        assert_eq!(new.services["web"].len(), 1);
+        // Another datacenter shares nothing.
+        let mut elsewhere = after.clone();
+        elsewhere.datacenter = "dc2".into();
+        let moved = SrvData::update(&new, &after, &elsewhere, &dns, "consul");
+        assert!(!Arc::ptr_eq(&new.services["db"], &moved.services["db"]));
+        assert_eq!(moved.datacenter, "dc2");
     }
 
     /// Commands split like a shell (quotes kept together), expand nothing, and get `{file}`

@@ -2,7 +2,7 @@
 //! same catalog as DNS.
 //!
 //! ```text
-//! CatalogRx ──► data loop: SrvData::build, emit.srv_file ──► watch<Arc<SrvData>> ──► template loops
+//! CatalogRx ──► data loop: SrvData::update (unchanged services shared), emit.srv_file ──► watch<Arc<SrvData>> ──► template loops
 //! ```
 //!
 //! The data loop publishes a new document to the template loops only when the services or the
@@ -22,6 +22,7 @@ use tracing::Instrument;
 use super::SrvData;
 use super::pipeline::{self, RenderCounts, RenderResult};
 use crate::config::{DnsConfig, EmitConfig, TemplateConfig};
+use crate::consul::Catalog;
 use crate::consul::watch::CatalogRx;
 
 /// A running emitter: the task and per-template render counts.
@@ -117,12 +118,19 @@ async fn data_loop(
     domain: String,
     data_tx: watch::Sender<Option<Arc<SrvData>>>,
 ) {
+    // The last document and the catalog it was built from, for incremental builds.
+    let mut last: Option<(Arc<SrvData>, Arc<Catalog>)> = None;
     loop {
         let current = catalogs.borrow_and_update().clone();
         if let Some(catalog) = current {
             let (dns, domain, srv_file) = (dns.clone(), domain.clone(), config.srv_file.clone());
+            let prev = last.clone();
+            let of = Arc::clone(&catalog);
             let built = tokio::task::spawn_blocking(move || {
-                let doc = SrvData::build(&catalog, &dns, &domain);
+                let doc = match &prev {
+                    Some((doc, old)) => SrvData::update(doc, old, &catalog, &dns, &domain),
+                    None => SrvData::build(&catalog, &dns, &domain),
+                };
                 if let Some(path) = &srv_file {
                     let result = match pipeline::write_if_changed(path, &doc.to_json()) {
                         Ok(true) => RenderResult::Ok,
@@ -139,10 +147,12 @@ async fn data_loop(
             .await;
             match built {
                 Ok(doc) => {
+                    let doc = Arc::new(doc);
+                    last = Some((Arc::clone(&doc), of));
                     data_tx.send_if_modified(|old| {
                         let changed = old.as_deref().is_none_or(|o| !same_inputs(o, &doc));
                         if changed {
-                            *old = Some(Arc::new(doc));
+                            *old = Some(doc);
                         }
                         changed
                     });
