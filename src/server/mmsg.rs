@@ -441,13 +441,19 @@ mod tests {
 
     /// Answers to one client of one size leave as one GSO send and arrive as the same
     /// datagrams, in order; a shorter answer may end a run, a longer one starts a new one.
+    /// Over IPv4 and IPv6.
     #[test]
     fn runs_to_one_peer_are_grouped_and_arrive_whole() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        grouped_runs_arrive_whole("127.0.0.1:0");
+        grouped_runs_arrive_whole("[::1]:0");
+    }
+
+    fn grouped_runs_arrive_whole(local: &str) {
+        let server = UdpSocket::bind(local).unwrap();
         server
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
-        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind(local).unwrap();
         client
             .set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
