@@ -10,7 +10,7 @@ use hickory_proto::rr::RecordType;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::support::fake_consul::FakeConsul;
+use crate::support::fake_consul::{FakeConsul, Fault};
 use crate::support::signpost::{Signpost, Via, ask, eventually, lines, query_bytes};
 
 /// The agent's dc1 has `web` on n1; dc2 has `web` on d2a and d2b.
@@ -209,6 +209,30 @@ async fn remote_watches_are_bounded_by_the_budget() {
     // Local answers do not suffer.
     let (code, _) = answer(sp.dns, "web.service.consul.", RecordType::A).await;
     assert_eq!(code, ResponseCode::NoError);
+    sp.stop().await;
+}
+
+/// When the agent cannot list its datacenters the query is SERVFAIL (not NXDOMAIN: the
+/// datacenter may well exist), and a later query reads the list again and is answered.
+#[tokio::test]
+async fn failed_list_read_is_servfail_then_recovers() {
+    let fake = agent().await;
+    let sp = started(&fake, 8).await;
+    fake.inject(
+        Some("datacenters"),
+        Fault::Status(500, "No cluster leader".into()),
+    );
+    let (code, _) = answer(sp.dns, "web.service.dc2.consul.", RecordType::A).await;
+    assert_eq!(code, ResponseCode::ServFail);
+    assert_eq!(fake.pending_faults(), 0);
+    let recovered = eventually(Duration::from_secs(5), || async {
+        answer(sp.dns, "web.service.dc2.consul.", RecordType::A)
+            .await
+            .1
+            == DC2_WEB
+    })
+    .await;
+    assert!(recovered, "never answered after the agent recovered");
     sp.stop().await;
 }
 

@@ -39,8 +39,12 @@ use super::watch::RemoteSource;
 use crate::config::DnsConfig;
 use crate::wire::{Proto, Query};
 
-/// How long the first query for a datacenter waits for its first catalog before SERVFAIL.
+/// How long the first query for a datacenter waits (for the list and its first catalog)
+/// before SERVFAIL.
 pub const FIRST_WAIT: Duration = Duration::from_secs(2);
+/// After a failed read of the list, queries are SERVFAIL for this long without reading again:
+/// an agent that is down is not asked once per query.
+const READ_FAILED_HOLD: Duration = Duration::from_secs(1);
 /// A datacenter the last read of the list did not name is NXDOMAIN until the list is this old;
 /// then the next query for an unknown name reads it again.
 pub const REREAD: Duration = Duration::from_secs(60);
@@ -58,8 +62,9 @@ pub struct Remotes {
     ready: Arc<ArcSwap<Vec<Ready>>>,
     /// The agent's datacenters as last read.
     known: ArcSwapOption<Known>,
-    /// Held while the list is read, so simultaneous queries share one read.
-    reading: tokio::sync::Mutex<()>,
+    /// Held while the list is read, so simultaneous queries share one read; holds when the
+    /// last read failed.
+    reading: tokio::sync::Mutex<Option<Instant>>,
     /// Watches started, by datacenter: whether its first table is in.
     watches: Mutex<HashMap<String, watch::Receiver<bool>>>,
     /// The feeds and table builders, stopped by [`Remotes::stop`].
@@ -109,7 +114,7 @@ impl Remotes {
             runtime: tokio::runtime::Handle::current(),
             ready: Arc::new(ArcSwap::from_pointee(Vec::new())),
             known: ArcSwapOption::empty(),
-            reading: tokio::sync::Mutex::new(()),
+            reading: tokio::sync::Mutex::new(None),
             watches: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             over_budget_logged: AtomicBool::new(false),
@@ -144,7 +149,7 @@ impl Remotes {
     }
 
     /// The async path for datacenter `dc`: learn whether the agent knows it, start its watch
-    /// if not started, wait at most [`FIRST_WAIT`] for its first table.
+    /// if not started, wait for its first table; all within [`FIRST_WAIT`].
     pub async fn resolve(self: &Arc<Self>, dc: &[u8]) -> Remote {
         if let Some(table) = self.ready_table(dc) {
             return Remote::Table(table);
@@ -153,14 +158,27 @@ impl Remotes {
         // On the main runtime: the list read and the watch use the shared connection pool
         // and must outlive the query's own runtime.
         let this = Arc::clone(self);
-        match self
+        let resolving = self
             .runtime
-            .spawn(async move { this.resolve_here(dc).await })
-            .await
-        {
-            Ok(remote) => remote,
+            .spawn(async move { tokio::time::timeout(FIRST_WAIT, this.resolve_here(dc)).await });
+        match resolving.await {
+            Ok(Ok(remote)) => remote,
+            Ok(Err(_)) => {
+                tracing::debug!("another datacenter not answerable in time");
+                Remote::Unavailable
+            }
             Err(_) => Remote::Unavailable,
         }
+    }
+
+    /// Serve `dc` (lowercase) from `table` as if its watch had built it: for tests and
+    /// benchmarks of the request path.
+    pub fn serve_table(&self, dc: &str, table: Arc<ArcSwap<AnswerTable>>) {
+        let entry = Ready {
+            dc: Arc::from(dc.as_bytes()),
+            table,
+        };
+        push(&self.ready, entry);
     }
 
     /// Stop every watch (shutdown).
@@ -182,14 +200,12 @@ impl Remotes {
         let Some(mut built) = self.watch(source, &dc) else {
             return Remote::Unavailable;
         };
-        match tokio::time::timeout(FIRST_WAIT, built.wait_for(|b| *b)).await {
-            Ok(Ok(_)) => self
+        // Bounded by the caller's timeout; an error means the watch is gone (shutdown).
+        match built.wait_for(|b| *b).await {
+            Ok(_) => self
                 .ready_table(dc.as_bytes())
                 .map_or(Remote::Unavailable, Remote::Table),
-            _ => {
-                tracing::debug!(dc, "no catalog of the datacenter in time");
-                Remote::Unavailable
-            }
+            Err(_) => Remote::Unavailable,
         }
     }
 
@@ -207,12 +223,15 @@ impl Remotes {
         {
             return Some(known.contains(dc));
         }
-        let _reading = self.reading.lock().await;
+        let mut failed_at = self.reading.lock().await;
         // Someone else may have read it while this query waited for the lock.
         if let Some(known) = self.known.load_full()
             && (known.contains(dc) || known.at.elapsed() < REREAD)
         {
             return Some(known.contains(dc));
+        }
+        if failed_at.is_some_and(|at| at.elapsed() < READ_FAILED_HOLD) {
+            return None;
         }
         match source.datacenters().await {
             Ok(names) => {
@@ -220,10 +239,14 @@ impl Remotes {
                 let known = Known::new(names);
                 let found = known.contains(dc);
                 self.known.store(Some(Arc::new(known)));
+                *failed_at = None;
                 Some(found)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the agent's datacenters");
+                if failed_at.is_none() {
+                    tracing::warn!(error = %e, "cannot read the agent's datacenters");
+                }
+                *failed_at = Some(Instant::now());
                 None
             }
         }
@@ -268,11 +291,7 @@ impl Remotes {
         let table = Arc::clone(&entry.table);
         let on_built = move || {
             if !*built_tx.borrow() {
-                ready.rcu(|list| {
-                    let mut list = Vec::clone(list);
-                    list.push(entry.clone());
-                    list
-                });
+                push(&ready, entry.clone());
                 built_tx.send_replace(true);
             }
         };
@@ -286,6 +305,15 @@ impl Remotes {
         lock(&self.tasks).extend([feed, follow]);
         built_rx
     }
+}
+
+/// Add a built table to the hot path's list (copied: readers never wait).
+fn push(ready: &ArcSwap<Vec<Ready>>, entry: Ready) {
+    ready.rcu(|list| {
+        let mut list = Vec::clone(list);
+        list.push(entry.clone());
+        list
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
