@@ -297,24 +297,27 @@ impl Dispatcher {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _counted = InFlight(self);
         if let Some((reply, code)) = self.answer_remote(packet, proto).await {
-            self.metrics
-                .record(proto, Zone::Consul, code, start.elapsed());
+            self.record_awaited(packet, proto, Zone::Consul, code, start);
             return reply;
         }
         let forwarder = self.forwarder.load_full();
         let reply = forwarder.resolve(packet, proto).await;
         let code = reply.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0F);
-        self.metrics
-            .record(proto, Zone::Forward, code, start.elapsed());
+        self.record_awaited(packet, proto, Zone::Forward, code, start);
+        reply
+    }
+
+    /// Count an answer given on the async path, and log it if the query log is on.
+    fn record_awaited(&self, packet: &[u8], proto: Proto, zone: Zone, code: u8, start: Instant) {
+        self.metrics.record(proto, zone, code, start.elapsed());
         if self.query_log.as_ref().is_some_and(|l| l.enabled())
             && let Ok(query) = Query::parse(packet)
         {
             let mut buf = [0u8; 256];
             if let Some(name) = wire::dotted_lower(query.qname, &mut buf) {
-                self.log_query(name, query.qtype, proto, Zone::Forward, code, start);
+                self.log_query(name, query.qtype, proto, zone, code, start);
             }
         }
-        reply
     }
 
     /// The async path of a `.consul` name in another datacenter (DESIGN.md rule 1): wait for
