@@ -27,12 +27,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use super::answer::{AnswerTable, Outcome};
 use super::watch::RemoteSource;
@@ -314,6 +313,12 @@ fn push(ready: &ArcSwap<Vec<Ready>>, entry: Ready) {
         list.push(entry.clone());
         list
     });
+}
+
+impl Drop for Remotes {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
