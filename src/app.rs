@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, DnsConfig};
 use crate::consul::answer::AnswerTable;
+use crate::consul::remote::Remotes;
 use crate::consul::{self, Catalog};
 use crate::emit;
 use crate::forward::{ForwardError, Forwarder};
@@ -78,6 +79,8 @@ struct Live {
     emitter: JoinHandle<()>,
     zones_reload: JoinHandle<()>,
     query_log: Arc<QueryLog>,
+    /// Other datacenters' watches, stopped with the rest.
+    remotes: Arc<Remotes>,
 }
 
 /// What a successful reload did.
@@ -124,20 +127,24 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     );
     let query_log = QueryLog::start().map_err(AppError::QueryLog)?;
     query_log.set_enabled(config.log.queries);
+
+    let mut tasks = Vec::new();
+    // CONSUL_HTTP_TOKEN is read here, at the config boundary, only when token_file is unset.
+    let token = consul::watch::token(&config.consul, std::env::var("CONSUL_HTTP_TOKEN").ok())?;
+    let (catalogs, feed, remote_source) = consul::watch::spawn_feeds(&config.consul, token)?;
+    tasks.push(feed);
+    let (dns_tx, dns_rx) = watch::channel(Arc::new(config.dns.clone()));
+    // Other datacenters are watched on first use, on this runtime, with the feed's client.
+    let remotes = Arc::new(Remotes::new(remote_source, domains.clone(), dns_rx.clone()));
     let dispatcher = Arc::new(
         Dispatcher::new(
             Arc::clone(&table),
             Arc::clone(&local),
             Arc::new(forwarder.clone()),
         )
-        .with_query_log(Arc::clone(&query_log)),
+        .with_query_log(Arc::clone(&query_log))
+        .with_remotes(Arc::clone(&remotes)),
     );
-
-    let mut tasks = Vec::new();
-    // CONSUL_HTTP_TOKEN is read here, at the config boundary, only when token_file is unset.
-    let token = consul::watch::token(&config.consul, std::env::var("CONSUL_HTTP_TOKEN").ok())?;
-    let (catalogs, feed) = consul::watch::spawn_with_token(&config.consul, token)?;
-    tasks.push(feed);
     // The emitter reads the same catalogs as the answer table, so the SRV data file, the
     // rendered templates and DNS cannot disagree.
     let emitter = emit::spawn(
@@ -148,18 +155,18 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         shutdown_rx.clone(),
     )
     .into_handle();
-    let (dns_tx, dns_rx) = watch::channel(Arc::new(config.dns.clone()));
     let srv_document = Arc::new(SrvDocument::new(
         catalogs.clone(),
         dns_rx.clone(),
         domains[0].clone(),
     ));
+    let ready = Arc::clone(&readiness);
     tasks.push(tokio::spawn(follow_catalog(
         catalogs.clone(),
         dns_rx,
         domains.clone(),
         table,
-        Arc::clone(&readiness),
+        move || ready.catalog_loaded.store(true, Ordering::Release),
     )));
 
     let mut dns_addrs = Vec::new();
@@ -244,6 +251,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         emitter,
         zones_reload: reload,
         query_log,
+        remotes,
     };
     Ok(Running {
         dns_addrs,
@@ -375,6 +383,7 @@ impl Running {
                 "forwarded queries still in flight at the drain deadline"
             );
         }
+        self.live.remotes.stop();
         let mut tasks = self.tasks;
         tasks.push(self.live.emitter);
         tasks.push(self.live.zones_reload);
@@ -398,12 +407,15 @@ impl Running {
 /// must not stall the runtime. The table is updated incrementally from the previous one. The
 /// SRV document is not rendered here: `/v1/catalog` renders it when asked (`http::SrvDocument`)
 /// and the emitter when a file or template needs it, so a node nobody asks holds no copy.
-async fn follow_catalog(
+///
+/// `on_built` runs after every table stored: the local table marks readiness, another
+/// datacenter's joins the request path ([`consul::remote`]).
+pub(crate) async fn follow_catalog(
     mut catalogs: consul::watch::CatalogRx,
     mut dns_configs: watch::Receiver<Arc<DnsConfig>>,
     domains: Vec<String>,
     table: Arc<ArcSwap<AnswerTable>>,
-    readiness: Arc<Readiness>,
+    on_built: impl Fn() + Send + 'static,
 ) {
     loop {
         let current: Option<Arc<Catalog>> = catalogs.borrow_and_update().clone();
@@ -422,7 +434,7 @@ async fn follow_catalog(
             })
             .await;
             match built {
-                Ok(()) => readiness.catalog_loaded.store(true, Ordering::Release),
+                Ok(()) => on_built(),
                 Err(e) => tracing::error!(error = %e, "building the answer table failed"),
             }
         }

@@ -235,6 +235,40 @@ fn forward_cache_hit_allocates_nothing() {
     assert_eq!(n, 0, "allocations on the forward-cache hit path");
 }
 
+/// Another datacenter's name, once its table is built, is answered like a local one: no
+/// allocation (and, for a datacenter the agent does not know, NXDOMAIN without one either).
+#[test]
+fn remote_datacenter_hit_allocates_nothing() {
+    use signpost::consul::remote::Remotes;
+    let config = config(None);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let _entered = runtime.enter();
+    let domains = vec!["consul".to_string()];
+    let (_dns_tx, dns_rx) = tokio::sync::watch::channel(Arc::new(config.dns.clone()));
+    // No agent (`None`): a datacenter without a table is unknown.
+    let remotes = Arc::new(Remotes::new(None, domains.clone(), dns_rx));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-catalog.json");
+    let dc2 = file::load(&path, "dc2", "node-1").expect("demo catalog parses");
+    let table = AnswerTable::build(Arc::new(dc2), &domains, &config.dns);
+    remotes.serve_table("dc2", Arc::new(ArcSwap::from_pointee(table)));
+    let (d, _) = dispatcher(&config);
+    let d = d.with_remotes(remotes);
+
+    for rtype in [RecordType::A, RecordType::SRV] {
+        let packet = query("web.service.dc2.consul.", rtype, true);
+        let (n, handled, served) = measure(&d, &packet);
+        assert_eq!(handled, Handled::Answered);
+        assert_eq!(served.map(|s| s.rcode), Some(rcode::NOERROR));
+        assert_eq!(n, 0, "allocations on the remote {rtype} hit path");
+    }
+    let (n, handled, served) = measure(&d, &query("web.service.dc9.consul.", RecordType::A, false));
+    assert_eq!(handled, Handled::Answered);
+    assert_eq!(served.map(|s| s.rcode), Some(rcode::NXDOMAIN));
+    assert_eq!(n, 0, "allocations on the unknown datacenter path");
+}
+
 /// The data the hot path reads is published through `ArcSwap` (lock-free loads); this only
 /// compiles while `Dispatcher::new` takes it that way.
 #[test]

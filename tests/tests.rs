@@ -33,3 +33,5 @@ mod http;
 mod local_data;
 /// Running on a node: reload and shutdown, systemd, privileges, alerts, status, imports, netns.
 mod ops;
+/// Other datacenters: watched on first use, within the connection budget.
+mod remote_dc;

@@ -116,6 +116,8 @@ pub struct Client {
     token: Option<HeaderValue>,
     permits: Arc<Semaphore>,
     slack: Duration,
+    /// `?dc=` on every request: a watch on another datacenter (`None`: the agent's own).
+    datacenter: Option<Arc<str>>,
 }
 
 /// How requests reach the agent.
@@ -219,6 +221,7 @@ impl Client {
             token,
             permits: Arc::new(Semaphore::new(max_connections)),
             slack: TIMEOUT_SLACK,
+            datacenter: None,
         })
     }
 
@@ -227,6 +230,15 @@ impl Client {
     pub fn with_timeout_slack(mut self, slack: Duration) -> Client {
         self.slack = slack;
         self
+    }
+
+    /// The same client (same connections, same permits: one budget for every datacenter)
+    /// asking datacenter `dc` through the agent: `?dc=<dc>` on every request.
+    pub fn for_datacenter(&self, dc: &str) -> Client {
+        Client {
+            datacenter: Some(Arc::from(encode_segment(dc))),
+            ..self.clone()
+        }
     }
 
     /// GET `path` (which may carry its own query string) with `?stale`, blocking when
@@ -337,6 +349,10 @@ impl Client {
     fn url(&self, path: &str, query: Blocking) -> String {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut url = format!("{}{path}{sep}stale", self.base);
+        if let Some(dc) = &self.datacenter {
+            url.push_str("&dc=");
+            url.push_str(dc);
+        }
         if query.index > 0 {
             url.push_str(&format!(
                 "&index={}&wait={}ms",
@@ -459,6 +475,7 @@ fn endpoint_label(path: &str) -> &'static str {
         "/v1/agent/self" => "self",
         "/v1/catalog/services" => "services",
         "/v1/catalog/nodes" => "nodes",
+        "/v1/catalog/datacenters" => "datacenters",
         "/v1/query" => "query",
         p if p.starts_with("/v1/health/state/") => "health_state",
         p if p.starts_with("/v1/health/service/") => "health_service",
@@ -505,6 +522,10 @@ mod tests {
         assert_eq!(
             c.url("/v1/health/service/web", q),
             "http://127.0.0.1:8500/v1/health/service/web?stale&index=12&wait=5000ms"
+        );
+        assert_eq!(
+            c.for_datacenter("dc2").url("/v1/catalog/nodes", q),
+            "http://127.0.0.1:8500/v1/catalog/nodes?stale&dc=dc2&index=12&wait=5000ms"
         );
     }
 

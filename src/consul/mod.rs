@@ -7,6 +7,7 @@ pub mod client;
 pub mod file;
 pub mod name;
 pub mod query;
+pub mod remote;
 pub mod watch;
 
 pub use catalog::Catalog;

@@ -127,6 +127,17 @@ struct Settings {
     wait: Duration,
     query_poll_interval: Duration,
     max_connections: usize,
+    /// A watch on another datacenter: no prepared queries (they stay local) and no gauges
+    /// (those describe the local catalog).
+    remote: bool,
+}
+
+/// What starting a watch on another datacenter needs: the local feed's [`Client`] (so every
+/// watch shares its one connection budget) and settings. See [`super::remote`].
+#[derive(Clone, Debug)]
+pub struct RemoteSource {
+    client: Client,
+    settings: Settings,
 }
 
 /// One service's last fetch.
@@ -214,14 +225,26 @@ pub fn spawn_with_token(
     config: &ConsulConfig,
     token: Option<String>,
 ) -> Result<(CatalogRx, JoinHandle<()>), ConsulError> {
+    spawn_feeds(config, token).map(|(rx, handle, _)| (rx, handle))
+}
+
+/// Like [`spawn_with_token`], also giving what other datacenters' watches start from (`None`
+/// for a `file:` catalog, which knows no other datacenter).
+pub fn spawn_feeds(
+    config: &ConsulConfig,
+    token: Option<String>,
+) -> Result<(CatalogRx, JoinHandle<()>, Option<RemoteSource>), ConsulError> {
     let (tx, rx) = watch::channel(None);
-    let handle = match &config.address {
-        ConsulSource::File(path) => super::file::spawn(
-            path.clone(),
-            config.datacenter.clone(),
-            config.node_name.clone(),
-            tx,
-        )?,
+    let (handle, remote) = match &config.address {
+        ConsulSource::File(path) => {
+            let handle = super::file::spawn(
+                path.clone(),
+                config.datacenter.clone(),
+                config.node_name.clone(),
+                tx,
+            )?;
+            (handle, None)
+        }
         ConsulSource::Agent(url) => {
             let tls = TlsFiles {
                 ca_file: config.ca_file.clone(),
@@ -248,11 +271,61 @@ pub fn spawn_with_token(
                 wait: config.wait,
                 query_poll_interval: config.query_poll_interval,
                 max_connections,
+                remote: false,
             };
-            tokio::spawn(run(client, settings, tx).instrument(tracing::info_span!("consul.watch")))
+            let remote = RemoteSource {
+                client: client.clone(),
+                settings: settings.clone(),
+            };
+            let span = tracing::info_span!("consul.watch");
+            let handle = tokio::spawn(run(client, settings, tx).instrument(span));
+            (handle, Some(remote))
         }
     };
-    Ok((rx, handle))
+    Ok((rx, handle, remote))
+}
+
+// === impl RemoteSource ===
+
+impl RemoteSource {
+    /// How many other datacenters can be watched at once: each holds [`LOOPS`] long polls, and
+    /// the local feed keeps its own three plus one permit for fetches.
+    pub fn max_watches(&self) -> usize {
+        remote_watches(self.settings.max_connections)
+    }
+
+    /// The datacenters the agent knows (`GET /v1/catalog/datacenters`), lowercase.
+    pub async fn datacenters(&self) -> Result<Vec<String>, ConsulError> {
+        let (names, _) = self
+            .client
+            .get_json::<Vec<String>>("/v1/catalog/datacenters", Blocking::default())
+            .await?;
+        Ok(names.into_iter().map(|n| n.to_lowercase()).collect())
+    }
+
+    /// Start the feed of datacenter `dc` (lowercase): the local feed's code with `?dc=<dc>` on
+    /// every request. Runs until the receiver is dropped.
+    pub fn spawn(&self, dc: &str) -> (CatalogRx, JoinHandle<()>) {
+        let (tx, rx) = watch::channel(None);
+        let settings = Settings {
+            datacenter: Some(dc.to_string()),
+            node_name: Some(self.settings.node_name.clone().unwrap_or_default()),
+            remote: true,
+            ..self.settings.clone()
+        };
+        let client = self.client.for_datacenter(dc);
+        let span = tracing::info_span!("consul.watch", dc);
+        (rx, tokio::spawn(run(client, settings, tx).instrument(span)))
+    }
+}
+
+/// Long polls one feed holds.
+pub const LOOPS: usize = 3;
+
+/// Remote datacenter watches `max_connections` allows: what is left after the local feed's
+/// [`MIN_CONNECTIONS`], [`LOOPS`] per watch.
+fn remote_watches(max_connections: usize) -> usize {
+    max_connections.saturating_sub(MIN_CONNECTIONS) / LOOPS
 }
 
 /// The agent feed: start the three loops, then build and publish until the receivers are gone.
@@ -432,6 +505,8 @@ impl Feed {
             client,
             datacenter: settings.datacenter.clone().unwrap_or_default(),
             node_name: settings.node_name.clone().unwrap_or_default(),
+            // A remote watch serves no prepared queries: it starts with none and never reads.
+            queries: settings.remote.then(|| Arc::from(Vec::new())),
             settings,
             tx,
             services: None,
@@ -440,7 +515,6 @@ impl Feed {
             fetched: BTreeMap::new(),
             dirty: BTreeMap::new(),
             rows: Rows::default(),
-            queries: None,
             queries_index: 0,
             queries_forbidden_logged: false,
             reread_again: false,
@@ -495,7 +569,9 @@ impl Feed {
                     Some(ev) => self.apply(ev),
                     None => return,
                 },
-                _ = query_tick.tick(), if self.queries.is_some() => self.reread_queries(&mut rereads),
+                _ = query_tick.tick(), if self.queries.is_some() && !self.settings.remote => {
+                    self.reread_queries(&mut rereads);
+                }
                 Some(joined) = rereads.join_next(), if !rereads.is_empty() => {
                     if let Ok(read) = joined
                         && let Err(e) = self.take_queries(read)
@@ -541,7 +617,7 @@ impl Feed {
         }
         self.streak.ok();
         self.backoff.reset();
-        if self.publish() {
+        if self.publish() && !self.settings.remote {
             // Prepared queries cannot be watched: re-read them after every catalog change.
             // The read runs beside the loop; its result is published by the next step.
             self.reread_queries(rereads);
@@ -870,7 +946,9 @@ impl Feed {
         if same {
             return false;
         }
-        set_gauges(&next);
+        if !self.settings.remote {
+            set_gauges(&next);
+        }
         tracing::debug!(
             index = next.index,
             services = next.services.len(),

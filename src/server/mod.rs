@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use hickory_proto::op::Message;
 
-use crate::consul::answer::{AnswerTable, Outcome};
+use crate::consul::answer::{AnswerTable, Answered, Outcome};
+use crate::consul::remote::{Remote, Remotes};
 use crate::forward::Forwarder;
 use crate::metrics::{DnsMetrics, Zone};
 use crate::ops::query_log::QueryLog;
@@ -62,6 +63,8 @@ pub struct Dispatcher {
     metrics: DnsMetrics,
     /// The opt-in query log (issue 9); checked with one relaxed load per answer.
     query_log: Option<Arc<QueryLog>>,
+    /// Other datacenters' tables; `None`: their names are NXDOMAIN.
+    remotes: Option<Arc<Remotes>>,
 }
 
 /// How long a listener waits at shutdown for its forwarded queries to be answered.
@@ -94,7 +97,14 @@ impl Dispatcher {
             drained: tokio::sync::Notify::new(),
             metrics: DnsMetrics::new(),
             query_log: None,
+            remotes: None,
         }
+    }
+
+    /// Answer names in other datacenters from `remotes`.
+    pub fn with_remotes(mut self, remotes: Arc<Remotes>) -> Dispatcher {
+        self.remotes = Some(remotes);
+        self
     }
 
     /// Log answered queries to `log` while it is enabled.
@@ -213,7 +223,16 @@ impl Dispatcher {
         let answered = match route {
             Route::Consul { domain } => {
                 let table = self.table.load();
-                Some((Zone::Consul, table.answer(&query, rel, domain, proto, out)))
+                match table.answer_or_remote(&query, rel, domain, proto, out) {
+                    Answered::Done(outcome) => Some((Zone::Consul, outcome)),
+                    // Another datacenter: its table when built, else the async path.
+                    Answered::Remote(dc) => match &self.remotes {
+                        Some(remotes) => remotes
+                            .answer(&table, dc, &query, rel, domain, proto, out)
+                            .map(|outcome| (Zone::Consul, outcome)),
+                        None => Some((Zone::Consul, table.nxdomain(&query, domain, out))),
+                    },
+                }
             }
             Route::Zone { zone } => Some((Zone::Static, local.zones.answer(zone, &query, out))),
             // A reverse name the catalog knows is answered from it (§1.7); any other goes the
@@ -271,24 +290,69 @@ impl Dispatcher {
     }
 
     /// Forward `packet` (already checked by [`Dispatcher::answer_local`]) and return the reply.
+    /// A name in another datacenter whose table is not built yet comes this way too: it waits
+    /// for that datacenter's watch instead ([`Dispatcher::answer_remote`]).
     pub async fn forward(&self, packet: &[u8], proto: Proto) -> Vec<u8> {
         let start = Instant::now();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _counted = InFlight(self);
+        if let Some((reply, code)) = self.answer_remote(packet, proto).await {
+            self.record_awaited(packet, proto, Zone::Consul, code, start);
+            return reply;
+        }
         let forwarder = self.forwarder.load_full();
         let reply = forwarder.resolve(packet, proto).await;
         let code = reply.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0F);
-        self.metrics
-            .record(proto, Zone::Forward, code, start.elapsed());
+        self.record_awaited(packet, proto, Zone::Forward, code, start);
+        reply
+    }
+
+    /// Count an answer given on the async path, and log it if the query log is on.
+    fn record_awaited(&self, packet: &[u8], proto: Proto, zone: Zone, code: u8, start: Instant) {
+        self.metrics.record(proto, zone, code, start.elapsed());
         if self.query_log.as_ref().is_some_and(|l| l.enabled())
             && let Ok(query) = Query::parse(packet)
         {
             let mut buf = [0u8; 256];
             if let Some(name) = wire::dotted_lower(query.qname, &mut buf) {
-                self.log_query(name, query.qtype, proto, Zone::Forward, code, start);
+                self.log_query(name, query.qtype, proto, zone, code, start);
             }
         }
-        reply
+    }
+
+    /// The async path of a `.consul` name in another datacenter (DESIGN.md rule 1): wait for
+    /// its watch (bounded by `remote::FIRST_WAIT`), then answer from its table; NXDOMAIN for
+    /// a datacenter the agent does not know, SERVFAIL when it cannot be answered now. `None`
+    /// for any other name.
+    async fn answer_remote(&self, packet: &[u8], proto: Proto) -> Option<(Vec<u8>, u8)> {
+        let remotes = self.remotes.as_ref()?;
+        let query = Query::parse(packet).ok()?;
+        let mut buf = [0u8; 256];
+        let name = wire::dotted_lower(query.qname, &mut buf)?;
+        let (route, rel) = self.local.load_full().router.route(name);
+        let Route::Consul { domain } = route else {
+            return None;
+        };
+        // Owned loads: the guards of `load()` must not be held across the wait.
+        let table = self.table.load_full();
+        let mut out = Vec::with_capacity(512);
+        let dc = match table.answer_or_remote(&query, rel, domain, proto, &mut out) {
+            Answered::Done(outcome) => return Some((out, outcome.rcode)),
+            Answered::Remote(dc) => dc,
+        };
+        let outcome = match remotes.resolve(dc).await {
+            Remote::Table(remote) => remote
+                .load_full()
+                .answer(&query, rel, domain, proto, &mut out),
+            Remote::Unknown => table.nxdomain(&query, domain, &mut out),
+            Remote::Unavailable => {
+                wire::error_response(&mut out, &query, rcode::SERVFAIL);
+                Outcome {
+                    rcode: rcode::SERVFAIL,
+                }
+            }
+        };
+        Some((out, outcome.rcode))
     }
 
     /// A valid message the fast reader does not take (several questions, extra records, a

@@ -7,6 +7,11 @@
 //! `/v1/health/state/any` on check changes; `/v1/catalog/nodes` on node changes. A request with
 //! `index=N` is held until the relevant index passes N or `wait` (plus up to wait/16) elapses.
 //! `X-Consul-Index` is never 0.
+//!
+//! Other datacenters: [`FakeConsul::in_dc`] gives a handle whose writes go to that
+//! datacenter's own catalog (own indexes); `?dc=` picks the catalog a read sees (none: the
+//! agent's `dc1`), `/v1/catalog/datacenters` lists them, and an unknown `dc` is answered as
+//! Consul does: `500 No path to datacenter`.
 
 #![allow(dead_code)]
 
@@ -40,8 +45,11 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 pub struct FakeConsul {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    /// The accept loop; `None` while stopped.
+    /// The accept loop; `None` while stopped (and in an [`FakeConsul::in_dc`] handle).
     task: Option<JoinHandle<()>>,
+    /// The datacenter this handle writes to and counts requests of; `None`: the agent's own
+    /// (and requests of every datacenter are counted).
+    dc: Option<String>,
 }
 
 /// Which requests a fault replaces.
@@ -71,6 +79,8 @@ struct Shared {
     state: Mutex<Catalog>,
     changed: watch::Sender<u64>,
     requests: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests per (`dc` parameter, endpoint), for requests that carried one.
+    dc_requests: Mutex<BTreeMap<(String, &'static str), u64>>,
     conns_now: AtomicUsize,
     conns_max: AtomicUsize,
     /// Concurrent connections beyond this get a raw 429 and are closed, like the agent's
@@ -109,6 +119,8 @@ struct Catalog {
     queries: Vec<Value>,
     queries_index: u64,
     faults: VecDeque<(Target, Fault)>,
+    /// Other datacenters' catalogs, by name (only in the agent's own).
+    others: BTreeMap<String, Catalog>,
 }
 
 struct NodeRec {
@@ -139,6 +151,7 @@ struct Params {
     index: u64,
     wait: Option<Duration>,
     passing: bool,
+    dc: Option<String>,
 }
 
 /// A listener that counts open connections and rejects those over the limit.
@@ -173,6 +186,7 @@ impl FakeConsul {
             }),
             changed,
             requests: Mutex::new(BTreeMap::new()),
+            dc_requests: Mutex::new(BTreeMap::new()),
             answered: Mutex::new(HashMap::new()),
             conns_now: AtomicUsize::new(0),
             conns_max: AtomicUsize::new(0),
@@ -184,7 +198,34 @@ impl FakeConsul {
             required_token: Mutex::new(None),
         });
         let task = Some(serve(listener, shared.clone()));
-        FakeConsul { addr, shared, task }
+        FakeConsul {
+            addr,
+            shared,
+            task,
+            dc: None,
+        }
+    }
+
+    /// A handle on datacenter `dc` of this agent, created (empty) if new: its writes
+    /// (`register`, `set_check`, ...) go to that datacenter and [`FakeConsul::requests`]
+    /// counts the requests that asked for it with `?dc=`. Dropping it stops nothing.
+    pub fn in_dc(&self, dc: &str) -> FakeConsul {
+        {
+            let mut st = self.shared.lock();
+            if st.datacenter != dc {
+                st.others.entry(dc.to_string()).or_insert_with(|| Catalog {
+                    index: 1,
+                    datacenter: dc.to_string(),
+                    ..Catalog::default()
+                });
+            }
+        }
+        FakeConsul {
+            addr: self.addr,
+            shared: self.shared.clone(),
+            task: None,
+            dc: Some(dc.to_string()),
+        }
     }
 
     /// The agent goes down: the listener closes (connecting is refused) and every open
@@ -234,10 +275,13 @@ impl FakeConsul {
 
     fn write(&self, f: impl FnOnce(&mut Catalog, u64)) {
         let index = {
-            let mut st = self.shared.lock();
+            let mut guard = self.shared.lock();
+            let Some(st) = guard.pick_mut(self.dc.as_deref()) else {
+                panic!("no datacenter {:?} in the fake agent", self.dc);
+            };
             st.index += 1;
             let i = st.index;
-            f(&mut st, i);
+            f(st, i);
             i
         };
         self.shared.changed.send_replace(index);
@@ -554,8 +598,21 @@ impl FakeConsul {
     }
 
     /// Requests served per endpoint: self, services, health_state, health_service, nodes,
-    /// query, execute, other.
+    /// query, execute, datacenters, other.
+    /// On an [`FakeConsul::in_dc`] handle: only the requests that asked for its datacenter.
     pub fn requests(&self, endpoint: &str) -> u64 {
+        if let Some(dc) = &self.dc {
+            let map = self
+                .shared
+                .dc_requests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            return map
+                .iter()
+                .filter(|((d, ep), _)| d == dc && *ep == endpoint)
+                .map(|(_, n)| n)
+                .sum();
+        }
         let map = self
             .shared
             .requests
@@ -607,9 +664,13 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn count(&self, endpoint: &'static str) {
+    fn count(&self, endpoint: &'static str, dc: Option<&str>) {
         let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry(endpoint).or_default() += 1;
+        if let Some(dc) = dc {
+            let mut map = self.dc_requests.lock().unwrap_or_else(|e| e.into_inner());
+            *map.entry((dc.to_string(), endpoint)).or_default() += 1;
+        }
     }
 
     fn take_fault(&self, endpoint: &'static str, path: &str) -> Option<Fault> {
@@ -627,6 +688,23 @@ impl Shared {
 // === impl Catalog ===
 
 impl Catalog {
+    /// The catalog of datacenter `dc` (`None`: this agent's own); `None` if unknown.
+    fn pick(&self, dc: Option<&str>) -> Option<&Catalog> {
+        match dc {
+            None => Some(self),
+            Some(dc) if dc == self.datacenter => Some(self),
+            Some(dc) => self.others.get(dc),
+        }
+    }
+
+    fn pick_mut(&mut self, dc: Option<&str>) -> Option<&mut Catalog> {
+        match dc {
+            None => Some(self),
+            Some(dc) if dc == self.datacenter => Some(self),
+            Some(dc) => self.others.get_mut(dc),
+        }
+    }
+
     fn insert_instance(&mut self, node: &str, id: &str, inst: Instance) {
         self.remove_instance(node, id);
         let key = (node.to_string(), id.to_string());
@@ -771,6 +849,7 @@ impl Catalog {
                 self.service_index(&percent_decode(name))
             }
             "query" => self.queries_index,
+            "datacenters" => self.index,
             _ => return None,
         })
     }
@@ -802,6 +881,10 @@ impl Catalog {
                 self.health_service(&percent_decode(name), params.passing)
             }
             "query" => Value::Array(self.queries.clone()),
+            "datacenters" => {
+                let names = std::iter::once(&self.datacenter).chain(self.others.keys());
+                Value::Array(names.map(|n| json!(n)).collect())
+            }
             _ => Value::Null,
         }
     }
@@ -915,7 +998,8 @@ enum Rendered {
 async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri) -> Response {
     let path = uri.path().to_string();
     let endpoint = endpoint(&path);
-    shared.count(endpoint);
+    let params = parse_params(uri.query().unwrap_or(""));
+    shared.count(endpoint, params.dc.as_deref());
     let token = headers
         .get("X-Consul-Token")
         .and_then(|v| v.to_str().ok())
@@ -935,9 +1019,12 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
     if required.is_some() && required != token {
         return plain(StatusCode::FORBIDDEN, "ACL not found");
     }
-    let params = parse_params(uri.query().unwrap_or(""));
     if let Some(fault) = shared.take_fault(endpoint, &path) {
         return fault_response(fault).await;
+    }
+    let dc = params.dc.as_deref();
+    if shared.lock().pick(dc).is_none() {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
     }
     // Subscribe before the first read so that no write between the read and the wait is missed.
     let mut changed = shared.changed.subscribe();
@@ -948,7 +1035,9 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
     let mut received = Instant::now();
     loop {
         let rendered = {
-            let st = shared.lock();
+            let guard = shared.lock();
+            // Datacenters are only added, so the one checked above is still there.
+            let st = guard.pick(dc).unwrap_or(&*guard);
             st.index_of(endpoint, &path).map(|index| {
                 let blocking = params.index > 0 && endpoint != "self" && endpoint != "query";
                 let returns = !blocking || index > params.index || Instant::now() >= deadline;
@@ -1039,6 +1128,7 @@ fn endpoint(path: &str) -> &'static str {
         "/v1/agent/self" => "self",
         "/v1/catalog/services" => "services",
         "/v1/catalog/nodes" => "nodes",
+        "/v1/catalog/datacenters" => "datacenters",
         "/v1/health/state/any" => "health_state",
         "/v1/query" => "query",
         p if p.starts_with("/v1/health/service/") => "health_service",
@@ -1114,6 +1204,7 @@ fn parse_params(query: &str) -> Params {
             // The same Go-duration reader signpost uses for prepared-query TTLs.
             "wait" => params.wait = signpost::consul::query::parse_go_duration(value),
             "passing" => params.passing = value != "false" && value != "0",
+            "dc" => params.dc = Some(percent_decode(value)),
             _ => {}
         }
     }

@@ -39,6 +39,16 @@ pub use encode::{answers_dns, encode_meta_txt, hex_ip, srv_target, srv_weight};
 /// A set of lowercase service names.
 type Keys = HashSet<Arc<[u8]>, RandomState>;
 
+/// What [`AnswerTable::answer_or_remote`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answered<'a> {
+    /// The response is in `out`.
+    Done(Outcome),
+    /// A service or node name in this other datacenter (lowercase): only that datacenter's
+    /// table can answer it (`consul::remote`). Nothing was written.
+    Remote(&'a [u8]),
+}
+
 /// What one request got, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -248,6 +258,8 @@ impl AnswerTable {
 
     /// Answer `query`, whose name is `rel` (lowercase dotted, domain stripped) under domain
     /// number `domain` (0 = primary). Writes the whole response into `out`.
+    /// A service or node name in another datacenter is NXDOMAIN here: see
+    /// [`AnswerTable::answer_or_remote`].
     pub fn answer(
         &self,
         query: &Query<'_>,
@@ -256,25 +268,65 @@ impl AnswerTable {
         proto: Proto,
         out: &mut Vec<u8>,
     ) -> Outcome {
+        match self.answer_or_remote(query, rel, domain, proto, out) {
+            Answered::Done(outcome) => outcome,
+            Answered::Remote(_) => self.nxdomain(query, domain, out),
+        }
+    }
+
+    /// Like [`AnswerTable::answer`], but a service or node name (any form the grammar reads)
+    /// in a datacenter other than this table's is handed back as [`Answered::Remote`] for
+    /// that datacenter's own table. Prepared queries stay local (as today), and so does
+    /// everything until the first catalog says which datacenter is local.
+    pub fn answer_or_remote<'r>(
+        &self,
+        query: &Query<'_>,
+        rel: &'r [u8],
+        domain: usize,
+        proto: Proto,
+        out: &mut Vec<u8>,
+    ) -> Answered<'r> {
+        Answered::Done(match self.remote_or_local(query, rel, domain, proto, out) {
+            Ok(outcome) => outcome,
+            Err(dc) => return Answered::Remote(dc),
+        })
+    }
+
+    fn remote_or_local<'r>(
+        &self,
+        query: &Query<'_>,
+        rel: &'r [u8],
+        domain: usize,
+        proto: Proto,
+        out: &mut Vec<u8>,
+    ) -> Result<Outcome, &'r [u8]> {
         let Some(zone) = self.domains.get(domain) else {
             wire::error_response(out, query, rcode::REFUSED);
-            return Outcome {
+            return Ok(Outcome {
                 rcode: rcode::REFUSED,
-            };
+            });
         };
         // Consul answers SOA and NS for any name under the domain, existing or not (§1.5).
         match query.qtype {
-            rtype::SOA => return zone.soa_answer(query, out),
-            rtype::NS => return self.ns_answer(query, zone, out),
+            rtype::SOA => return Ok(zone.soa_answer(query, out)),
+            rtype::NS => return Ok(self.ns_answer(query, zone, out)),
             rtype::AXFR => {
                 wire::error_response(out, query, rcode::NOTIMP);
-                return Outcome {
+                return Ok(Outcome {
                     rcode: rcode::NOTIMP,
-                };
+                });
             }
             _ => {}
         }
-        match name::parse(rel, query.qtype) {
+        let outcome = match name::parse(rel, query.qtype) {
+            ConsulName::Service {
+                locality: Locality::Datacenter(dc),
+                ..
+            }
+            | ConsulName::Node {
+                locality: Locality::Datacenter(dc),
+                ..
+            } if self.is_remote(dc) => return Err(dc),
             ConsulName::Service {
                 service,
                 tag,
@@ -302,7 +354,8 @@ impl AnswerTable {
             }
             ConsulName::Addr { hex } => self.addr(query, hex, zone, out),
             _ => negative(query, zone, rcode::NXDOMAIN, out),
-        }
+        };
+        Ok(outcome)
     }
 
     /// Answer a reverse name (`rel` is the lowercase dotted name without the final dot) when the
@@ -328,14 +381,20 @@ impl AnswerTable {
         })
     }
 
-    /// Whether a locality names this datacenter. Other datacenters and peers are NXDOMAIN
-    /// (not watched; README).
+    /// Whether a locality names this datacenter. Other datacenters are answered from their own
+    /// tables (`consul::remote`); peers are NXDOMAIN (not watched; README).
     fn is_local(&self, locality: Locality<'_>) -> bool {
         match locality {
             Locality::Local => true,
             Locality::Datacenter(dc) => dc == &*self.datacenter,
             Locality::Peer(_) => false,
         }
+    }
+
+    /// Whether `dc` names a datacenter other than this table's. Before the first catalog the
+    /// local datacenter is not known and nothing is remote.
+    fn is_remote(&self, dc: &[u8]) -> bool {
+        !self.datacenter.is_empty() && dc != &*self.datacenter
     }
 
     /// A prepared query's answers: fixed definitions precomputed, templates built on first use.

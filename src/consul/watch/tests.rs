@@ -9,6 +9,7 @@ fn feed() -> Feed {
         wait: Duration::from_secs(1),
         query_poll_interval: Duration::from_secs(30),
         max_connections: 2,
+        remote: false,
     };
     let (tx, _rx) = watch::channel(None);
     Feed::new(client, settings, tx)
@@ -350,4 +351,15 @@ fn probe_replaces_a_pending_patch() {
     f.apply(Event::Services(services(&["web", "db"]), 8));
     assert_eq!(f.dirty.get("web"), Some(&Fetch::Probe));
     assert_eq!(f.dirty.get("db"), Some(&Fetch::Probe));
+}
+
+/// Remote watches fit in what the local feed leaves: three long polls each, one permit kept.
+#[test]
+fn remote_watches_fit_the_budget() {
+    assert_eq!(remote_watches(4), 0);
+    assert_eq!(remote_watches(6), 0);
+    assert_eq!(remote_watches(7), 1);
+    assert_eq!(remote_watches(8), 1);
+    assert_eq!(remote_watches(10), 2);
+    assert_eq!(remote_watches(1), 0);
 }
