@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, DnsConfig};
 use crate::consul::answer::AnswerTable;
+use crate::consul::failover::Failovers;
 use crate::consul::remote::Remotes;
 use crate::consul::{self, Catalog};
 use crate::emit;
@@ -135,16 +136,23 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     tasks.push(feed);
     let (dns_tx, dns_rx) = watch::channel(Arc::new(config.dns.clone()));
     // Other datacenters are watched on first use, on this runtime, with the feed's client.
+    // Prepared-query failover asks the same agent, with the same client (a `file:` catalog
+    // has none: no failover).
+    let failovers = remote_source
+        .as_ref()
+        .map(|source| Arc::new(Failovers::new(source.client())));
     let remotes = Arc::new(Remotes::new(remote_source, domains.clone(), dns_rx.clone()));
-    let dispatcher = Arc::new(
-        Dispatcher::new(
-            Arc::clone(&table),
-            Arc::clone(&local),
-            Arc::new(forwarder.clone()),
-        )
-        .with_query_log(Arc::clone(&query_log))
-        .with_remotes(Arc::clone(&remotes)),
-    );
+    let mut dispatcher = Dispatcher::new(
+        Arc::clone(&table),
+        Arc::clone(&local),
+        Arc::new(forwarder.clone()),
+    )
+    .with_query_log(Arc::clone(&query_log))
+    .with_remotes(Arc::clone(&remotes));
+    if let Some(failovers) = failovers {
+        dispatcher = dispatcher.with_failovers(failovers);
+    }
+    let dispatcher = Arc::new(dispatcher);
     // The emitter reads the same catalogs as the answer table, so the SRV data file, the
     // rendered templates and DNS cannot disagree.
     let emitter = emit::spawn(

@@ -40,7 +40,7 @@ pub const CONSUL_CATALOG_AGE_SECONDS: &str = "signpost_consul_catalog_age_second
 pub const CONSUL_SERVICES: &str = "signpost_consul_services";
 /// Instances in the catalog being served, by `state` (passing, warning, critical).
 pub const CONSUL_INSTANCES: &str = "signpost_consul_instances";
-/// Requests sent to the Consul agent, by `endpoint` (self, services, health_state, health_service, nodes, query).
+/// Requests sent to the Consul agent, by `endpoint` (self, services, health_state, health_service, nodes, query, datacenters, execute).
 pub const CONSUL_REQUESTS_TOTAL: &str = "signpost_consul_requests_total";
 /// Template and SRV data renders, by `result` (ok, unchanged, render_error, check_failed, timeout, reload_failed, write_error).
 pub const EMIT_RENDERS_TOTAL: &str = "signpost_emit_renders_total";

@@ -290,7 +290,7 @@ impl Catalog {
 }
 
 /// Deserialize `null` as the type's default: Consul writes `null` for empty maps and lists.
-fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Default + Deserialize<'de>,

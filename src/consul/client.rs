@@ -479,6 +479,7 @@ fn endpoint_label(path: &str) -> &'static str {
         "/v1/query" => "query",
         p if p.starts_with("/v1/health/state/") => "health_state",
         p if p.starts_with("/v1/health/service/") => "health_service",
+        p if p.starts_with("/v1/query/") && p.ends_with("/execute") => "execute",
         p if p.starts_with("/v1/query/") => "query",
         _ => "other",
     }
@@ -565,5 +566,6 @@ mod tests {
         );
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
         assert_eq!(endpoint_label("/v1/health/service/web"), "health_service");
+        assert_eq!(endpoint_label("/v1/query/8e7d/execute"), "execute");
     }
 }

@@ -4,6 +4,7 @@
 pub mod answer;
 pub mod catalog;
 pub mod client;
+pub mod failover;
 pub mod file;
 pub mod name;
 pub mod query;

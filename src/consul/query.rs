@@ -28,6 +28,8 @@ pub struct Queries {
 /// A definition rendered for one name: what to select and how long answers live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rendered {
+    /// The definition's ID.
+    pub id: String,
     /// Lowercase service name.
     pub service: String,
     /// Lowercase; `!tag` means "must not have".
@@ -38,7 +40,8 @@ pub struct Rendered {
     pub service_meta: BTreeMap<String, String>,
     /// `DNS.TTL` in seconds, when set and valid.
     pub ttl: Option<u32>,
-    /// Whether the definition has failover targets (answered NXDOMAIN locally when empty).
+    /// Whether the definition has failover targets: when nothing answers locally, the agent's
+    /// `/execute` is asked (`consul::failover`).
     pub has_failover: bool,
     /// Whether the definition came from a template (rendered per name, not precomputable).
     pub template: bool,
@@ -154,6 +157,7 @@ fn render(def: &PreparedQuery, full: &str, prefix: &str, matches: &[String]) -> 
         n > 0 || non_empty("Datacenters") || non_empty("Targets")
     });
     Rendered {
+        id: def.id.clone(),
         service: interpolate(&def.service.service).to_ascii_lowercase(),
         tags,
         only_passing: def.service.only_passing,

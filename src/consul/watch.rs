@@ -294,6 +294,11 @@ impl RemoteSource {
         remote_watches(self.settings.max_connections)
     }
 
+    /// The agent's client (same connections, same permits as the feeds).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// The datacenters the agent knows (`GET /v1/catalog/datacenters`), lowercase.
     pub async fn datacenters(&self) -> Result<Vec<String>, ConsulError> {
         let (names, _) = self

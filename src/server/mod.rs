@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use hickory_proto::op::Message;
 
 use crate::consul::answer::{AnswerTable, Answered, Outcome};
+use crate::consul::failover::{Failover, Failovers};
 use crate::consul::remote::{Remote, Remotes};
 use crate::forward::Forwarder;
 use crate::metrics::{DnsMetrics, Zone};
@@ -65,6 +66,9 @@ pub struct Dispatcher {
     query_log: Option<Arc<QueryLog>>,
     /// Other datacenters' tables; `None`: their names are NXDOMAIN.
     remotes: Option<Arc<Remotes>>,
+    /// Prepared-query failover through the agent; `None` (a `file:` catalog): a prepared
+    /// query with no local instance is NXDOMAIN, failover targets or not.
+    failovers: Option<Arc<Failovers>>,
 }
 
 /// How long a listener waits at shutdown for its forwarded queries to be answered.
@@ -98,7 +102,15 @@ impl Dispatcher {
             metrics: DnsMetrics::new(),
             query_log: None,
             remotes: None,
+            failovers: None,
         }
+    }
+
+    /// Ask the agent's `/execute` for prepared queries with no local instance and failover
+    /// targets.
+    pub fn with_failovers(mut self, failovers: Arc<Failovers>) -> Dispatcher {
+        self.failovers = Some(failovers);
+        self
     }
 
     /// Answer names in other datacenters from `remotes`.
@@ -232,6 +244,11 @@ impl Dispatcher {
                             .map(|outcome| (Zone::Consul, outcome)),
                         None => Some((Zone::Consul, table.nxdomain(&query, domain, out))),
                     },
+                    // A prepared query to fail over: the agent's `/execute`, on the async path.
+                    Answered::Failover => match &self.failovers {
+                        Some(_) => None,
+                        None => Some((Zone::Consul, table.nxdomain(&query, domain, out))),
+                    },
                 }
             }
             Route::Zone { zone } => Some((Zone::Static, local.zones.answer(zone, &query, out))),
@@ -291,12 +308,13 @@ impl Dispatcher {
 
     /// Forward `packet` (already checked by [`Dispatcher::answer_local`]) and return the reply.
     /// A name in another datacenter whose table is not built yet comes this way too: it waits
-    /// for that datacenter's watch instead ([`Dispatcher::answer_remote`]).
+    /// for that datacenter's watch instead; and so does a prepared query to fail over, which
+    /// waits for the agent's `/execute` ([`Dispatcher::answer_consul`]).
     pub async fn forward(&self, packet: &[u8], proto: Proto) -> Vec<u8> {
         let start = Instant::now();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _counted = InFlight(self);
-        if let Some((reply, code)) = self.answer_remote(packet, proto).await {
+        if let Some((reply, code)) = self.answer_consul(packet, proto).await {
             self.record_awaited(packet, proto, Zone::Consul, code, start);
             return reply;
         }
@@ -320,12 +338,15 @@ impl Dispatcher {
         }
     }
 
-    /// The async path of a `.consul` name in another datacenter (DESIGN.md rule 1): wait for
-    /// its watch (bounded by `remote::FIRST_WAIT`), then answer from its table; NXDOMAIN for
-    /// a datacenter the agent does not know, SERVFAIL when it cannot be answered now. `None`
-    /// for any other name.
-    async fn answer_remote(&self, packet: &[u8], proto: Proto) -> Option<(Vec<u8>, u8)> {
-        let remotes = self.remotes.as_ref()?;
+    /// The async path of a `.consul` name (DESIGN.md rule 1's two exceptions): a name in
+    /// another datacenter waits for its watch (bounded by `remote::FIRST_WAIT`), then is
+    /// answered from its table; NXDOMAIN for a datacenter the agent does not know, SERVFAIL
+    /// when it cannot be answered now. A prepared query to fail over waits for `/execute`
+    /// ([`Dispatcher::answer_failover`]). `None` for any other name.
+    async fn answer_consul(&self, packet: &[u8], proto: Proto) -> Option<(Vec<u8>, u8)> {
+        if self.remotes.is_none() && self.failovers.is_none() {
+            return None;
+        }
         let query = Query::parse(packet).ok()?;
         let mut buf = [0u8; 256];
         let name = wire::dotted_lower(query.qname, &mut buf)?;
@@ -339,6 +360,16 @@ impl Dispatcher {
         let dc = match table.answer_or_remote(&query, rel, domain, proto, &mut out) {
             Answered::Done(outcome) => return Some((out, outcome.rcode)),
             Answered::Remote(dc) => dc,
+            Answered::Failover => {
+                let outcome = self
+                    .answer_failover(&table, &query, rel, domain, proto, &mut out)
+                    .await;
+                return Some((out, outcome.rcode));
+            }
+        };
+        let Some(remotes) = &self.remotes else {
+            let code = table.nxdomain(&query, domain, &mut out).rcode;
+            return Some((out, code));
         };
         let outcome = match remotes.resolve(dc).await {
             Remote::Table(remote) => remote
@@ -353,6 +384,44 @@ impl Dispatcher {
             }
         };
         Some((out, outcome.rcode))
+    }
+
+    /// A prepared query with no local instance and failover targets: answered from the
+    /// agent's `/execute` (coalesced, cached, bounded by `failover::EXECUTE_WAIT`), in the
+    /// datacenter that answered; NXDOMAIN when none did, SERVFAIL when the agent could not
+    /// say in time.
+    async fn answer_failover(
+        &self,
+        table: &AnswerTable,
+        query: &Query<'_>,
+        rel: &[u8],
+        domain: usize,
+        proto: Proto,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        let (Some(failovers), Some(target)) =
+            (&self.failovers, table.failover_target(query, rel, domain))
+        else {
+            return table.nxdomain(query, domain, out);
+        };
+        match failovers.resolve(&target.key).await {
+            Failover::Answer(executed) => table.answer_executed(
+                query,
+                domain,
+                proto,
+                &executed.datacenter,
+                &executed.nodes,
+                executed.ttl.unwrap_or(target.ttl),
+                out,
+            ),
+            Failover::Empty => table.nxdomain(query, domain, out),
+            Failover::Unavailable => {
+                wire::error_response(out, query, rcode::SERVFAIL);
+                Outcome {
+                    rcode: rcode::SERVFAIL,
+                }
+            }
+        }
     }
 
     /// A valid message the fast reader does not take (several questions, extra records, a

@@ -828,6 +828,95 @@ impl Catalog {
         Value::Array(out)
     }
 
+    /// `GET /v1/query/<id or name>/execute` (§6.3, §6.4): the query's service here, with its
+    /// health and tag filters; when nothing answers, each of `Failover.Datacenters` in order,
+    /// the first with an answer winning. `Failovers` counts the datacenters tried.
+    fn execute(&self, path: &str) -> Response {
+        let key = path
+            .strip_prefix("/v1/query/")
+            .and_then(|p| p.strip_suffix("/execute"))
+            .map(percent_decode)
+            .unwrap_or_default();
+        let found = self
+            .queries
+            .iter()
+            .find(|q| q["ID"] == key.as_str())
+            .or_else(|| self.queries.iter().find(|q| q["Name"] == key.as_str()));
+        let Some(query) = found else {
+            return plain(StatusCode::NOT_FOUND, "Query not found");
+        };
+        let service = &query["Service"];
+        let name = service["Service"].as_str().unwrap_or("");
+        let failover: Vec<&str> = service["Failover"]["Datacenters"]
+            .as_array()
+            .map(|dcs| dcs.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let mut answered = (self.datacenter.as_str(), self.selected(name, service));
+        let mut tried = 0;
+        for dc in failover {
+            if !answered.1.is_empty() {
+                break;
+            }
+            let Some(other) = self.others.get(dc) else {
+                continue;
+            };
+            tried += 1;
+            answered = (dc, other.selected(name, service));
+        }
+        let (dc, nodes) = answered;
+        let ttl = query["DNS"]["TTL"].as_str().unwrap_or("");
+        let body = json!({
+            "Service": name, "Nodes": nodes, "DNS": {"TTL": ttl},
+            "Datacenter": dc, "Failovers": tried, "Index": self.index,
+        });
+        json_response(body.to_string(), self.index)
+    }
+
+    /// The instances of `name` a query's `Service` block selects here: critical out (and,
+    /// with `OnlyPassing`, warning too), every `Tags` entry present, no `!tag` present.
+    fn selected(&self, name: &str, service: &Value) -> Vec<Value> {
+        let only_passing = service["OnlyPassing"].as_bool().unwrap_or(false);
+        let tags: Vec<String> = service["Tags"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_lowercase)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Value::Array(entries) = self.health_service(name, false) else {
+            return Vec::new();
+        };
+        entries
+            .into_iter()
+            .filter(|e| {
+                let statuses: Vec<&str> = e["Checks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["Status"].as_str())
+                    .collect();
+                let healthy = if only_passing {
+                    statuses.iter().all(|s| *s == "passing")
+                } else {
+                    !statuses.contains(&"critical")
+                };
+                let has: Vec<String> = e["Service"]["Tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.as_str().map(str::to_lowercase))
+                    .collect();
+                let tagged = tags.iter().all(|t| match t.strip_prefix('!') {
+                    Some(not) => !has.iter().any(|h| h == not),
+                    None => has.contains(t),
+                });
+                healthy && tagged
+            })
+            .collect()
+    }
+
     fn service_index(&self, name: &str) -> u64 {
         // A missing service answers with the services table index, like Consul's
         // "service extinction" index.
@@ -1023,6 +1112,9 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, uri: Uri)
         return fault_response(fault).await;
     }
     let dc = params.dc.as_deref();
+    if endpoint == "execute" {
+        return shared.lock().execute(&path);
+    }
     if shared.lock().pick(dc).is_none() {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
     }

@@ -20,7 +20,7 @@
 mod encode;
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,6 +47,20 @@ pub enum Answered<'a> {
     /// A service or node name in this other datacenter (lowercase): only that datacenter's
     /// table can answer it (`consul::remote`). Nothing was written.
     Remote(&'a [u8]),
+    /// A prepared query with no local instance and failover targets: only the agent's
+    /// `/execute` can answer it (`consul::failover`; [`AnswerTable::failover_target`] says
+    /// which query). Nothing was written.
+    Failover,
+}
+
+/// The prepared query a [`Answered::Failover`] name asks the agent for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailoverTarget {
+    /// The query's ID (a template's: the name asked, as Consul only executes templates by
+    /// name).
+    pub key: Arc<str>,
+    /// The TTL of the answer when `/execute` gives none: the local one.
+    pub ttl: u32,
 }
 
 /// What one request got, for metrics.
@@ -107,6 +121,10 @@ struct DomainAnswers {
 /// A prepared query's answers and what the response needs from its definition.
 struct PreparedAnswers {
     set: AnswerSet,
+    ttl: u32,
+    /// Set when the definition has failover targets: what to ask `/execute` for when `set`
+    /// is empty.
+    failover: Option<Arc<str>>,
 }
 
 /// Most template answers cached per table.
@@ -270,14 +288,15 @@ impl AnswerTable {
     ) -> Outcome {
         match self.answer_or_remote(query, rel, domain, proto, out) {
             Answered::Done(outcome) => outcome,
-            Answered::Remote(_) => self.nxdomain(query, domain, out),
+            Answered::Remote(_) | Answered::Failover => self.nxdomain(query, domain, out),
         }
     }
 
     /// Like [`AnswerTable::answer`], but a service or node name (any form the grammar reads)
     /// in a datacenter other than this table's is handed back as [`Answered::Remote`] for
-    /// that datacenter's own table. Prepared queries stay local (as today), and so does
-    /// everything until the first catalog says which datacenter is local.
+    /// that datacenter's own table, and a prepared query with no local instance but failover
+    /// targets as [`Answered::Failover`]. Everything stays local until the first catalog says
+    /// which datacenter is local.
     pub fn answer_or_remote<'r>(
         &self,
         query: &Query<'_>,
@@ -288,7 +307,7 @@ impl AnswerTable {
     ) -> Answered<'r> {
         Answered::Done(match self.remote_or_local(query, rel, domain, proto, out) {
             Ok(outcome) => outcome,
-            Err(dc) => return Answered::Remote(dc),
+            Err(elsewhere) => return elsewhere,
         })
     }
 
@@ -299,7 +318,7 @@ impl AnswerTable {
         domain: usize,
         proto: Proto,
         out: &mut Vec<u8>,
-    ) -> Result<Outcome, &'r [u8]> {
+    ) -> Result<Outcome, Answered<'r>> {
         let Some(zone) = self.domains.get(domain) else {
             wire::error_response(out, query, rcode::REFUSED);
             return Ok(Outcome {
@@ -326,7 +345,7 @@ impl AnswerTable {
             | ConsulName::Node {
                 locality: Locality::Datacenter(dc),
                 ..
-            } if self.is_remote(dc) => return Err(dc),
+            } if self.is_remote(dc) => return Err(Answered::Remote(dc)),
             ConsulName::Service {
                 service,
                 tag,
@@ -343,6 +362,11 @@ impl AnswerTable {
             }
             ConsulName::Query { name, locality } if self.is_local(locality) => {
                 match self.prepared(zone, domain, name) {
+                    Some(answers)
+                        if answers.set.instances.is_empty() && answers.failover.is_some() =>
+                    {
+                        return Err(Answered::Failover);
+                    }
                     Some(answers) => {
                         // Prepared queries are the one answer whose ECS scope is the source
                         // prefix: the answer may depend on where the client is (§5.3).
@@ -356,6 +380,63 @@ impl AnswerTable {
             _ => negative(query, zone, rcode::NXDOMAIN, out),
         };
         Ok(outcome)
+    }
+
+    /// The query an [`Answered::Failover`] name (`rel` under domain number `domain`) asks the
+    /// agent for; `None` when the name is not one (any more).
+    pub fn failover_target(
+        &self,
+        query: &Query<'_>,
+        rel: &[u8],
+        domain: usize,
+    ) -> Option<FailoverTarget> {
+        let zone = self.domains.get(domain)?;
+        let ConsulName::Query { name, locality } = name::parse(rel, query.qtype) else {
+            return None;
+        };
+        if !self.is_local(locality) {
+            return None;
+        }
+        let answers = self.prepared(zone, domain, name)?;
+        let key = answers.failover.clone()?;
+        answers.set.instances.is_empty().then_some(FailoverTarget {
+            key,
+            ttl: answers.ttl,
+        })
+    }
+
+    /// Answer `query` (a prepared query under domain number `domain`) with `entries`, the
+    /// instances `/execute` returned from datacenter `datacenter`: encoded as a local answer
+    /// would be, but in that datacenter (SRV targets `<node>.node.<datacenter>.<domain>`),
+    /// with TTL `ttl`. Allocates (a catalog of just these entries): the async path only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer_executed(
+        &self,
+        query: &Query<'_>,
+        domain: usize,
+        proto: Proto,
+        datacenter: &str,
+        entries: &[HealthEntry],
+        ttl: u32,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        let (Some(zone), Some(domain_name)) =
+            (self.domains.get(domain), self.domain_names.get(domain))
+        else {
+            return self.nxdomain(query, domain, out);
+        };
+        let catalog = executed_catalog(datacenter, entries, &self.dns.filter_tags);
+        let cx = Context::new(
+            &catalog,
+            &catalog.datacenter,
+            &self.domain_names,
+            domain_name,
+            &self.dns,
+        );
+        let serving: Vec<&HealthEntry> = catalog.services.values().flat_map(|e| e.iter()).collect();
+        let set = AnswerSet::build(&cx, &serving, ttl, false);
+        let scope = ecs_source_prefix(query);
+        self.set_answer(query, zone, &set, None, proto, scope, out)
     }
 
     /// Answer a reverse name (`rel` is the lowercase dotted name without the final dot) when the
@@ -422,7 +503,9 @@ impl AnswerTable {
             domain_name,
             &self.dns,
         );
-        let built = Arc::new(PreparedAnswers::build(&cx, &rendered));
+        // Consul executes a template by the name asked, never by its ID.
+        let key = String::from_utf8_lossy(name);
+        let built = Arc::new(PreparedAnswers::build(&cx, &rendered, &key));
         if cache.len() >= TEMPLATE_CACHE {
             cache.clear();
         }
@@ -789,7 +872,12 @@ impl DomainAnswers {
         };
         let mut prepared = Map::with_hasher(RandomState::default());
         for (names, rendered) in queries.fixed() {
-            let answers = Arc::new(PreparedAnswers::build(cx, &rendered));
+            let key = match names.last() {
+                _ if !rendered.id.is_empty() => rendered.id.as_str(),
+                Some(name) => name.as_str(),
+                None => "",
+            };
+            let answers = Arc::new(PreparedAnswers::build(cx, &rendered, key));
             for name in names {
                 prepared.insert(Arc::from(name.into_bytes()), Arc::clone(&answers));
             }
@@ -829,8 +917,9 @@ impl DomainAnswers {
 
 impl PreparedAnswers {
     /// The instances of the rendered query's service that it selects, with its TTL: `DNS.TTL`,
-    /// else the service's `service_ttl` (§4).
-    fn build(cx: &Context<'_>, q: &Rendered) -> PreparedAnswers {
+    /// else the service's `service_ttl` (§4). `key` names the query to `/execute` when it has
+    /// failover targets.
+    fn build(cx: &Context<'_>, q: &Rendered, key: &str) -> PreparedAnswers {
         let entries: Vec<&HealthEntry> = cx
             .catalog_entries(&q.service)
             .filter(|e| query::selects(e, q, &cx.dns.filter_tags))
@@ -840,7 +929,34 @@ impl PreparedAnswers {
             .unwrap_or_else(|| cx.dns.service_ttl.lookup(&q.service));
         PreparedAnswers {
             set: AnswerSet::build(cx, &entries, ttl, false),
+            ttl,
+            failover: (q.has_failover && !key.is_empty()).then(|| Arc::from(key)),
         }
+    }
+}
+
+/// A catalog of just the instances `/execute` returned (without filter-tagged ones, as every
+/// answer), in the datacenter that answered: what the encoders need to answer from them.
+fn executed_catalog(datacenter: &str, entries: &[HealthEntry], filter_tags: &[String]) -> Catalog {
+    let mut services: BTreeMap<String, Vec<HealthEntry>> = BTreeMap::new();
+    let mut nodes = BTreeMap::new();
+    for e in entries.iter().filter(|e| !e.has_any_tag(filter_tags)) {
+        nodes
+            .entry(e.node.node.clone())
+            .or_insert_with(|| Arc::clone(&e.node));
+        services
+            .entry(e.service.service.clone())
+            .or_default()
+            .push(e.clone());
+    }
+    Catalog {
+        datacenter: datacenter.to_ascii_lowercase(),
+        services: services
+            .into_iter()
+            .map(|(name, entries)| (name, Arc::from(entries)))
+            .collect(),
+        nodes,
+        ..Catalog::default()
     }
 }
 
