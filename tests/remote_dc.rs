@@ -238,7 +238,7 @@ async fn failed_list_read_is_servfail_then_recovers() {
 
 /// Send `count` queries for `name` at once from 20 sockets (each holds what its replies need
 /// in its receive buffer) and collect the replies, for at most 5 s.
-async fn burst(dns: SocketAddr, name: &str, count: u16) -> Vec<Message> {
+pub(crate) async fn burst(dns: SocketAddr, name: &str, count: u16) -> Vec<Message> {
     const SOCKETS: u16 = 20;
     let packet = query_bytes(name, RecordType::A, None);
     let mut sockets = Vec::new();

@@ -33,5 +33,7 @@ mod http;
 mod local_data;
 /// Running on a node: reload and shutdown, systemd, privileges, alerts, status, imports, netns.
 mod ops;
+/// Prepared-query failover through the agent's `/execute`.
+mod pq_failover;
 /// Other datacenters: watched on first use, within the connection budget.
 mod remote_dc;

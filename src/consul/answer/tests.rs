@@ -675,3 +675,120 @@ mod property {
         }
     }
 }
+
+/// Failover detection: a prepared query whose local answer is empty and which has failover
+/// targets is handed back (by ID, name or template name); with a local instance, or without
+/// targets, it is answered here. `/execute` entries are encoded in the answering datacenter.
+mod failover {
+    use super::*;
+    use crate::consul::catalog::{PreparedQuery, QueryService, QueryTemplate};
+
+    fn query(id: &str, name: &str, service: &str, failover: bool) -> PreparedQuery {
+        PreparedQuery {
+            id: id.into(),
+            name: name.into(),
+            service: QueryService {
+                service: service.into(),
+                failover: failover.then(|| serde_json::json!({"Datacenters": ["dc2"]})),
+                ..QueryService::default()
+            },
+            ..PreparedQuery::default()
+        }
+    }
+
+    fn failover_table() -> AnswerTable {
+        let mut c = catalog(vec![
+            with_check(entry("n1", "10.0.0.1", "db", "", 5432), "critical"),
+            entry("n2", "10.0.0.2", "web", "", 80),
+        ]);
+        let mut template = query("t-id", "geo-", "${name.suffix}", true);
+        template.template = Some(QueryTemplate::default());
+        c.queries = vec![
+            query("id-db", "db-fo", "db", true),
+            query("id-web", "web-fo", "web", true),
+            query("id-plain", "db-plain", "db", false),
+            template,
+        ]
+        .into();
+        AnswerTable::build(Arc::new(c), &["consul".into()], &dns_config())
+    }
+
+    /// What the table does with `rel`: `Err(key)` for a failover, else the rcode.
+    fn route(t: &AnswerTable, rel: &str) -> Result<u8, Option<Arc<str>>> {
+        let mut m = Message::query();
+        let name = format!("{rel}.consul.");
+        m.add_query(HQuery::query(Name::from_str(&name).unwrap(), RecordType::A));
+        let bytes = m.to_vec().unwrap();
+        let q = Query::parse(&bytes).unwrap();
+        let mut out = Vec::new();
+        match t.answer_or_remote(&q, rel.as_bytes(), 0, Proto::Udp, &mut out) {
+            Answered::Done(o) => Ok(o.rcode),
+            Answered::Remote(_) => panic!("remote"),
+            Answered::Failover => {
+                assert!(out.is_empty(), "nothing written");
+                Err(t.failover_target(&q, rel.as_bytes(), 0).map(|f| f.key))
+            }
+        }
+    }
+
+    #[test]
+    fn only_empty_queries_with_targets_fail_over() {
+        let t = failover_table();
+        assert_eq!(route(&t, "db-fo.query"), Err(Some("id-db".into())));
+        assert_eq!(route(&t, "id-db.query"), Err(Some("id-db".into())));
+        assert_eq!(
+            route(&t, "geo-db.query"),
+            Err(Some("geo-db".into())),
+            "by name"
+        );
+        assert_eq!(
+            route(&t, "web-fo.query"),
+            Ok(rcode::NOERROR),
+            "local instance"
+        );
+        assert_eq!(route(&t, "geo-web.query"), Ok(rcode::NOERROR));
+        assert_eq!(
+            route(&t, "db-plain.query"),
+            Ok(rcode::NXDOMAIN),
+            "no targets"
+        );
+        // The plain `answer` never hands anything back: NXDOMAIN as before.
+        assert_eq!(
+            ask(&t, "db-fo.query.consul.", RecordType::A)
+                .metadata
+                .response_code,
+            hickory_proto::op::ResponseCode::NXDomain
+        );
+    }
+
+    #[test]
+    fn executed_entries_answer_in_their_datacenter() {
+        let t = failover_table();
+        let mut e = entry("d2a", "10.2.0.1", "db", "", 5432);
+        Arc::make_mut(&mut e.node).datacenter = "dc2".into();
+        let standby = with_tags(entry("d2b", "10.2.0.2", "db", "", 5432), &["nodns"]);
+        let mut m = Message::query();
+        m.add_query(HQuery::query(
+            Name::from_str("db-fo.query.consul.").unwrap(),
+            RecordType::SRV,
+        ));
+        let bytes = m.to_vec().unwrap();
+        let q = Query::parse(&bytes).unwrap();
+        let mut out = Vec::new();
+        let o = t.answer_executed(&q, 0, Proto::Udp, "DC2", &[e, standby], 7, &mut out);
+        assert_eq!(o.rcode, rcode::NOERROR);
+        let msg = Message::from_vec(&out).unwrap();
+        assert_eq!(
+            lines(&msg.answers),
+            ["db-fo.query.consul. 7 IN SRV 1 10 5432 d2a.node.dc2.consul."],
+            "filter-tagged instances never answer"
+        );
+        assert_eq!(
+            lines(&msg.additionals)
+                .into_iter()
+                .filter(|l| l.contains(" IN A "))
+                .collect::<Vec<_>>(),
+            ["d2a.node.dc2.consul. 7 IN A 10.2.0.1"]
+        );
+    }
+}
