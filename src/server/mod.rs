@@ -2,7 +2,9 @@
 //!
 //! The dispatcher reads the query ([`crate::wire`]), routes its name ([`crate::router`]) and
 //! either answers at once from data (the `.consul` table or a static zone: synchronous, no
-//! allocation) or tells the listener to forward, which is the only path that awaits. It is
+//! allocation) or tells the listener to forward, which is the only path that awaits (and the
+//! one `.consul` names that need the agent take: another datacenter's before its table is
+//! built, a prepared query to fail over through `/execute`). It is
 //! also the one place where a packet that is not a clean query becomes FORMERR, NOTIMP or
 //! nothing (STYLE.md: client errors map to rcodes in one place).
 
