@@ -175,3 +175,48 @@ async fn failing_execute_is_servfail_then_recovers() {
     assert!(recovered, "never answered after the agent recovered");
     sp.stop().await;
 }
+
+/// The fake agent's `/execute` is Consul's (§6.3, §6.4): by ID or name, the local datacenter
+/// first (`Failovers` 0), then the failover ones in order; an unknown query is 404.
+#[tokio::test]
+async fn fake_execute_follows_consul() {
+    let fake = agent().await;
+    let get = |path: &str| reqwest::get(format!("{}{path}", fake.url()));
+    let body: serde_json::Value = get("/v1/query/db-fo/execute")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&body["Datacenter"], &body["Failovers"]),
+        (&json!("dc2"), &json!(1))
+    );
+    assert_eq!(body["Nodes"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["DNS"]["TTL"], "10s");
+    let body: serde_json::Value = get("/v1/query/f0000000-0000-4000-8000-000000000002/execute")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&body["Datacenter"], &body["Failovers"]),
+        (&json!("dc1"), &json!(0))
+    );
+    assert_eq!(body["Nodes"][0]["Node"]["Node"], "n2");
+    let body: serde_json::Value = get("/v1/query/db-plain/execute")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["Nodes"],
+        json!([]),
+        "critical instances are not answered"
+    );
+    let missing = get("/v1/query/nope/execute").await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.text().await.unwrap(), "Query not found");
+}
