@@ -397,3 +397,33 @@ async fn invalid_file_at_start_is_an_error() {
     let err = watch::spawn(&cfg).unwrap_err().to_string();
     assert!(err.contains("catalog.json:2:"), "{err}");
 }
+
+/// Prepared-query definitions follow catalog changes at most about once a second: 30 check
+/// flips in 3 s (each published) cause a handful of `/v1/query` reads, not one per change, and
+/// the last change is still followed by a read.
+#[tokio::test]
+async fn query_rereads_are_spaced_under_churn() {
+    let fake = web_and_db().await;
+    let (mut rx, _task) = watch::spawn(&agent(&fake)).unwrap();
+    first(&mut rx).await;
+    // Let the first catalog's follow-up read land before counting.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = fake.requests("query");
+    let started = tokio::time::Instant::now();
+    for i in 0..30 {
+        let status = if i % 2 == 0 { "critical" } else { "passing" };
+        fake.set_check("n1", "web-8080", status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let churn = started.elapsed();
+    // After the last change: one trailing read within the gap.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reads = fake.requests("query") - before;
+    let most = churn.as_secs() + 2;
+    assert!(
+        (1..=most).contains(&reads),
+        "{reads} query reads for 30 changes in {churn:?} (at most {most})"
+    );
+    let c = rx.borrow().clone().unwrap();
+    assert_eq!(health_of(&c, "web", "n1"), Some(Health::Passing));
+}

@@ -80,6 +80,8 @@ pub const MIN_CONNECTIONS: usize = 4;
 /// Bounds of the time a request may take beyond what the agent should need.
 const SLACK_MIN: Duration = Duration::from_secs(1);
 const SLACK_MAX: Duration = Duration::from_secs(5);
+/// Least time between the starts of two prepared-query reads (they follow catalog changes).
+const QUERY_REREAD_GAP: Duration = Duration::from_secs(1);
 /// The `wait` of a probe: an unchanged service returns after this, a changed one at once.
 const PROBE_WAIT: Duration = Duration::from_millis(10);
 
@@ -168,6 +170,8 @@ struct Feed {
     queries_forbidden_logged: bool,
     /// A catalog change came while a query read was running: read again after it.
     reread_again: bool,
+    /// The earliest start of the next prepared-query read.
+    next_reread: Instant,
     streak: Streak,
     backoff: Backoff,
 }
@@ -523,6 +527,7 @@ impl Feed {
             queries_index: 0,
             queries_forbidden_logged: false,
             reread_again: false,
+            next_reread: Instant::now(),
             streak: Streak::new("/v1/health/service"),
             backoff: Backoff::default(),
         }
@@ -632,13 +637,21 @@ impl Feed {
 
     /// Start a read of the prepared queries unless one is running; then ask for another once
     /// it is done, so that the last change is always followed by a read.
+    ///
+    /// Reads start at least [`QUERY_REREAD_GAP`] apart: under a stream of catalog changes the
+    /// definitions are read about once a second, not once per change, and the last change is
+    /// still followed by a read.
     fn reread_queries(&mut self, rereads: &mut JoinSet<QueryRead>) {
         if !rereads.is_empty() {
             self.reread_again = true;
             return;
         }
+        let now = Instant::now();
+        let start = self.next_reread.max(now);
+        self.next_reread = start + QUERY_REREAD_GAP;
         let client = self.client.clone();
         rereads.spawn(async move {
+            tokio::time::sleep_until(start).await;
             client
                 .get_json::<Vec<PreparedQuery>>("/v1/query", Blocking::default())
                 .await
