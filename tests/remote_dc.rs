@@ -98,11 +98,13 @@ async fn remote_service_answered_from_its_watch() {
     let (code, _) = answer(sp.dns, "d2a.node.consul.", RecordType::A).await;
     assert_eq!(code, ResponseCode::NXDomain, "a dc2 node is not local");
 
-    // One read of the list; the watch uses `?dc=dc2` for all of its requests.
+    // One read of the list; the watch uses `?dc=dc2` for all of its requests, and holds two
+    // long polls: no node list (its nodes are its instances').
     assert_eq!(fake.requests("datacenters"), 1);
-    for ep in ["services", "health_state", "nodes", "health_service"] {
+    for ep in ["services", "health_state", "health_service"] {
         assert!(dc2.requests(ep) >= 1, "{ep}: no request with dc=dc2");
     }
+    assert_eq!(dc2.requests("nodes"), 0);
     assert_eq!(dc2.requests("query"), 0, "prepared queries stay local");
     sp.stop().await;
 }
@@ -185,8 +187,9 @@ async fn simultaneous_first_queries_start_one_watch() {
     sp.stop().await;
 }
 
-/// Remote watches fit the connection budget: with 7 connections one remote datacenter is
-/// watched, another is SERVFAIL without any request for it; with 4 none is.
+/// Remote watches fit the connection budget (two long polls each): with 7 connections one
+/// remote datacenter is watched, another is SERVFAIL without any request for it; with 8 both
+/// are; with 4 none is.
 #[tokio::test]
 async fn remote_watches_are_bounded_by_the_budget() {
     let fake = agent().await;
@@ -199,6 +202,18 @@ async fn remote_watches_are_bounded_by_the_budget() {
     assert_eq!(code, ResponseCode::ServFail);
     assert_eq!(dc3.requests("services"), 0);
     assert!(fake.max_connections() <= 7, "{}", fake.max_connections());
+    sp.stop().await;
+
+    // The default 8 holds two remote watches beside the local feed.
+    let fake = agent().await;
+    fake.in_dc("dc3")
+        .register("web", "d3a", "10.3.0.1", "", 8080, &[]);
+    let sp = started(&fake, 8).await;
+    for dc in ["dc2", "dc3"] {
+        let (code, _) = answer(sp.dns, &format!("web.service.{dc}.consul."), RecordType::A).await;
+        assert_eq!(code, ResponseCode::NoError, "{dc}");
+    }
+    assert!(fake.max_connections() <= 8, "{}", fake.max_connections());
     sp.stop().await;
 
     let fake = agent().await;

@@ -292,8 +292,8 @@ pub fn spawn_feeds(
 // === impl RemoteSource ===
 
 impl RemoteSource {
-    /// How many other datacenters can be watched at once: each holds [`LOOPS`] long polls, and
-    /// the local feed keeps its own three plus one permit for fetches.
+    /// How many other datacenters can be watched at once: each holds [`REMOTE_LOOPS`] long
+    /// polls, and the local feed keeps its own three plus one permit for fetches.
     pub fn max_watches(&self) -> usize {
         remote_watches(self.settings.max_connections)
     }
@@ -328,13 +328,16 @@ impl RemoteSource {
     }
 }
 
-/// Long polls one feed holds.
+/// Long polls the local feed holds.
 pub const LOOPS: usize = 3;
+/// Long polls a remote datacenter's feed holds: no `/v1/catalog/nodes` watch; its nodes are
+/// those of its instances (a node's own checks still arrive with the health list).
+pub const REMOTE_LOOPS: usize = 2;
 
 /// Remote datacenter watches `max_connections` allows: what is left after the local feed's
-/// [`MIN_CONNECTIONS`], [`LOOPS`] per watch.
+/// [`MIN_CONNECTIONS`], [`REMOTE_LOOPS`] per watch.
 fn remote_watches(max_connections: usize) -> usize {
-    max_connections.saturating_sub(MIN_CONNECTIONS) / LOOPS
+    max_connections.saturating_sub(MIN_CONNECTIONS) / REMOTE_LOOPS
 }
 
 /// The agent feed: start the three loops, then build and publish until the receivers are gone.
@@ -358,14 +361,16 @@ async fn run(client: Client, settings: Settings, tx: CatalogTx) {
         CheckReader::default(),
         Event::Checks,
     ));
-    loops.spawn(blocking_loop(
-        client.clone(),
-        "/v1/catalog/nodes",
-        wait,
-        events_tx,
-        Json::default(),
-        Event::Nodes,
-    ));
+    if !settings.remote {
+        loops.spawn(blocking_loop(
+            client.clone(),
+            "/v1/catalog/nodes",
+            wait,
+            events_tx,
+            Json::default(),
+            Event::Nodes,
+        ));
+    }
     let mut feed = Feed::new(client, settings, tx);
     feed.resolve_agent().await;
     feed.run(events).await;
@@ -516,11 +521,13 @@ impl Feed {
             node_name: settings.node_name.clone().unwrap_or_default(),
             // A remote watch serves no prepared queries: it starts with none and never reads.
             queries: settings.remote.then(|| Arc::from(Vec::new())),
+            // Nor watches nodes: with none listed, every instance's node is kept from its entry
+            // (`Fetched::foreign_nodes`).
+            nodes: settings.remote.then(|| (BTreeMap::new(), 0)),
             settings,
             tx,
             services: None,
             checks: None,
-            nodes: None,
             fetched: BTreeMap::new(),
             dirty: BTreeMap::new(),
             rows: Rows::default(),

@@ -353,13 +353,14 @@ fn probe_replaces_a_pending_patch() {
     assert_eq!(f.dirty.get("db"), Some(&Fetch::Probe));
 }
 
-/// Remote watches fit in what the local feed leaves: three long polls each, one permit kept.
+/// Remote watches fit in what the local feed leaves: two long polls each, one permit kept.
 #[test]
 fn remote_watches_fit_the_budget() {
     assert_eq!(remote_watches(4), 0);
-    assert_eq!(remote_watches(6), 0);
+    assert_eq!(remote_watches(5), 0);
+    assert_eq!(remote_watches(6), 1);
     assert_eq!(remote_watches(7), 1);
-    assert_eq!(remote_watches(8), 1);
-    assert_eq!(remote_watches(10), 2);
+    assert_eq!(remote_watches(8), 2);
+    assert_eq!(remote_watches(10), 3);
     assert_eq!(remote_watches(1), 0);
 }
