@@ -3,7 +3,7 @@
 //!
 //! # Why on first use, and why bounded
 //!
-//! Watching every datacenter the agent knows from the start would hold three long polls per
+//! Watching every datacenter the agent knows from the start would hold two long polls per
 //! datacenter for names nobody may ask, and the connection budget (`consul.max_connections`)
 //! is shared with the local feed. So a datacenter is watched only once asked for, with the
 //! local feed's own code and [`Client`](super::client::Client) (`?dc=<dc>` on every request,
